@@ -1,0 +1,64 @@
+"""The `lorasmith` command: sub-commands that call `lorasmith.api`.
+
+This package is the only place that prints to the terminal for the library or exits.
+Each module under `lorasmith.cli` adds its sub-commands with `add_commands(subparsers)`;
+a handler takes the parsed arguments (and any `--key value` overrides left over) and
+returns an exit code. User mistakes (`LorasmithError`) become one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lorasmith import __version__
+from lorasmith.errors import LorasmithError
+
+# Modules that contribute sub-commands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "lorasmith.cli.config_commands",
+    "lorasmith.cli.train_commands",
+    "lorasmith.cli.dataset_commands",
+    "lorasmith.cli.testing_commands",
+    "lorasmith.cli.gui_command",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorasmith",
+        description="Train character LoRAs for Stable Diffusion (SD1.x, SD2.x, SDXL).",
+        epilog="Configuration keys are sd-scripts' argument names; any of them can be given "
+        "as --<key> <value> after train/plan. Start with: lorasmith demo",
+    )
+    parser.add_argument("--version", action="version", version=f"lorasmith {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:  # that group of commands is not built yet
+                continue
+            raise
+        module.add_commands(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0 if not argv and args.command is None else 2
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(handler(args, extra) or 0)
+    except LorasmithError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,262 @@
+"""The typed configuration of a LoRA run: one schema for the files, the CLI, the GUI and metadata.
+
+Key names are sd-scripts' argument names so that users recognise every key. Each field
+carries a one-line `doc`, a `group` (the GUI section it belongs to) and, where the values
+are a closed set, its `choices`. `parse_value` turns text from a command line or a form into
+the field's type; `check` tells what is wrong with a whole configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+from lorasmith.errors import ConfigError
+
+MODEL_FAMILIES = ("auto", "sd1", "sd2", "sdxl")
+PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp16", "bf16", "float")
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
+SAMPLERS = ("euler_a", "euler", "ddim", "dpmpp_2m_karras", "dpmpp_2m", "pndm", "lms")
+
+
+def _field(default: Any, doc: str, group: str, choices: tuple | None = None, **kw) -> Any:
+    metadata = {"doc": doc, "group": group, "choices": choices}
+    if isinstance(default, (list, dict, tuple)) and not isinstance(default, tuple):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a LoRA training run needs. Defaults follow the tutorial's starting values."""
+
+    # --- Source model ---
+    pretrained_model_name_or_path: str = _field(
+        "", "Base checkpoint: a .safetensors file (SD1.x, SD2.x, SDXL) or a diffusers folder.", "model")
+    model_family: str = _field(
+        "auto", "Model family; 'auto' detects it from the checkpoint's tensors.", "model", MODEL_FAMILIES)
+    v_parameterization: bool = _field(
+        False, "The base model predicts v (SD2.x 768-v models); leave off for SD1.x and SDXL base.", "model")
+    allow_pickle: bool = _field(
+        False, "Allow .ckpt/.pt pickle checkpoints. A pickle can run code: only for files you trust.", "model")
+
+    # --- Folders ---
+    train_data_dir: str = _field(
+        "", "Folder holding '<repeats>_<name>' sub-folders of training images, e.g. '10_mychar girl'.", "folders")
+    reg_data_dir: str = _field(
+        "", "Optional regularisation images in the same '<repeats>_<name>' layout.", "folders")
+    output_dir: str = _field("", "Where the LoRA files (and samples, state) are written.", "folders")
+    logging_dir: str = _field("", "TensorBoard logs; empty means '<output_dir>/logs'.", "folders")
+    output_name: str = _field("lora", "File name of the LoRA, without extension.", "folders")
+    training_comment: str = _field("", "Free text stored in the LoRA's metadata (ss_training_comment).", "folders")
+
+    # --- Basic parameters ---
+    train_batch_size: int = _field(
+        1, "Images per step. Higher is faster per epoch but needs more VRAM (4-6 on 12 GB+).", "basic")
+    max_train_epochs: int = _field(
+        10, "Epochs: how many times training goes through every image (times its repeats).", "basic")
+    max_train_steps: int = _field(
+        0, "Stop after this many steps; 0 means epochs decide.", "advanced")
+    save_every_n_epochs: int = _field(
+        1, "Save a LoRA every N epochs, so you can pick the best one later.", "basic")
+    learning_rate: float = _field(
+        1e-4, "How fast the LoRA learns. Too high burns it; AnyLoRA-style bases like 6e-5 to 8e-5.", "basic")
+    unet_lr: Optional[float] = _field(
+        None, "UNet learning rate; empty means the learning rate. The tutorial uses the same value.", "basic")
+    text_encoder_lr: Optional[float] = _field(
+        None, "Text-encoder learning rate; the tutorial uses half the learning rate, never more.", "basic")
+    lr_scheduler: str = _field("constant", "How the learning rate changes over the run.", "basic", SCHEDULERS)
+    lr_warmup_steps: int = _field(0, "Steps over which the learning rate ramps up from 0.", "advanced")
+    lr_scheduler_num_cycles: int = _field(1, "Restarts for cosine_with_restarts.", "advanced")
+    optimizer_type: str = _field(
+        "AdamW", "Optimizer. AdamW8bit saves VRAM on CUDA GPUs (bitsandbytes).", "basic", OPTIMIZERS)
+    optimizer_args: list = _field(
+        [], "Extra optimizer arguments as 'name=value' strings, e.g. 'weight_decay=0.01'.", "advanced")
+    resolution: str = _field(
+        "512,512", "Max resolution 'width,height' (or one number); multiples of 64. 512 or 576 is safe.", "basic")
+    network_dim: int = _field(
+        32, "Network rank: size and capacity. ~30 images -> 32, 50+ -> 64, 100+ -> 128.", "basic")
+    network_alpha: float = _field(
+        16, "Network alpha: dampens learning (scale = alpha / rank). Usually half the rank.", "basic")
+    num_cpu_threads_per_process: int = _field(
+        2, "CPU threads for the training process; about half your CPU's threads.", "basic")
+    max_data_loader_n_workers: int = _field(0, "Worker processes that load images; 0 loads in the main process.", "advanced")
+    gradient_checkpointing: bool = _field(
+        False, "Recompute activations in the backward pass: much less VRAM, a bit slower.", "basic")
+    mixed_precision: str = _field(
+        "no", "Compute precision on GPU: fp16 or bf16 (RTX 30xx+). The LoRA weights stay fp32.", "basic", PRECISIONS)
+    save_precision: str = _field("fp16", "Precision of the saved LoRA file.", "basic", SAVE_PRECISIONS)
+    seed: int = _field(1234, "Random seed; the same seed and data give the same LoRA.", "basic")
+    cache_latents: bool = _field(
+        True, "Encode every image with the VAE once, before training: faster, less VRAM.", "basic")
+
+    # --- Advanced parameters ---
+    network_train_unet_only: bool = _field(False, "Train only the UNet part of the LoRA.", "advanced")
+    network_train_text_encoder_only: bool = _field(False, "Train only the text-encoder part of the LoRA.", "advanced")
+    conv_dim: int = _field(0, "Rank of LoRA on 3x3 convolutions (LoCon); 0 leaves them out.", "advanced")
+    conv_alpha: float = _field(0, "Alpha of the 3x3 convolution LoRA; 0 means the same as conv_dim.", "advanced")
+    network_dropout: float = _field(0.0, "Dropout on the LoRA's down projection (0 to 1).", "advanced")
+    gradient_accumulation_steps: int = _field(1, "Add up gradients of N batches before each optimizer step.", "advanced")
+    max_grad_norm: float = _field(1.0, "Clip gradients to this norm; 0 turns clipping off.", "advanced")
+    cache_latents_to_disk: bool = _field(
+        False, "Keep cached latents in .npz files beside the images, reused while the images are unchanged.", "advanced")
+    cache_text_encoder_outputs: bool = _field(
+        False, "Encode captions once (only when the text encoder is not trained and captions are not shuffled).",
+        "advanced")
+    caption_extension: str = _field(".txt", "Extension of caption files beside the images.", "advanced")
+    shuffle_caption: bool = _field(False, "Shuffle comma-separated tags each step (keeps the first keep_tokens).", "advanced")
+    keep_tokens: int = _field(0, "Tags at the start of a caption that shuffling never moves (your trigger word).", "advanced")
+    caption_dropout_rate: float = _field(0.0, "Chance of training a step with an empty caption.", "advanced")
+    clip_skip: int = _field(1, "Use the text encoder's n-th last layer; anime (NAI-based) models use 2.", "advanced")
+    enable_bucket: bool = _field(True, "Aspect-ratio buckets: train images at their own shape, not cropped square.", "advanced")
+    min_bucket_reso: int = _field(256, "Smallest bucket side in pixels.", "advanced")
+    max_bucket_reso: int = _field(1024, "Largest bucket side in pixels.", "advanced")
+    bucket_reso_steps: int = _field(64, "Bucket sides are multiples of this.", "advanced")
+    bucket_no_upscale: bool = _field(False, "Never upscale small images to fill a bucket.", "advanced")
+    noise_offset: float = _field(0.0, "Offset noise (about 0.05-0.1) for darker darks and brighter brights.", "advanced")
+    min_snr_gamma: float = _field(0.0, "Min-SNR loss weighting gamma (5 is usual); 0 turns it off.", "advanced")
+    prior_loss_weight: float = _field(1.0, "Weight of the regularisation images' loss.", "advanced")
+    sdpa: bool = _field(True, "Use PyTorch's scaled-dot-product attention (fast, memory-efficient).", "advanced")
+    save_state: bool = _field(False, "Also save the full training state at each save point, to resume later.", "advanced")
+    resume: str = _field("", "A state folder written by save_state to continue training from.", "advanced")
+    overwrite: bool = _field(False, "Allow replacing LoRA files that already exist in the output folder.", "advanced")
+
+    # --- Samples and validation ---
+    sample_prompts: str = _field(
+        "", "A prompts file (sd-scripts syntax: --n negative, --w/--h size, --s steps, --l CFG, --d seed).", "samples")
+    sample_every_n_epochs: int = _field(0, "Make sample images every N epochs; 0 turns it off.", "samples")
+    sample_every_n_steps: int = _field(0, "Make sample images every N steps; 0 turns it off.", "samples")
+    sample_sampler: str = _field("euler_a", "Sampler used for the sample images.", "samples", SAMPLERS)
+    validation_split: float = _field(
+        0.0, "Share of training images held out to measure a validation loss per epoch (0 to 0.5).", "samples")
+
+    # ---- derived values -----------------------------------------------------------------
+
+    @property
+    def resolution_wh(self) -> tuple[int, int]:
+        return parse_resolution(self.resolution)
+
+    @property
+    def effective_unet_lr(self) -> float:
+        return self.learning_rate if self.unet_lr is None else self.unet_lr
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    @property
+    def effective_logging_dir(self) -> str:
+        return self.logging_dir or os.path.join(self.output_dir or ".", "logs")
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES: dict[str, Any] = get_type_hints(TrainConfig)
+
+
+def field_type(name: str) -> type:
+    """The plain type of a field: int, float, bool, str or list (Optional unwrapped)."""
+    hint = _TYPES[name]
+    if get_origin(hint) is not None and type(None) in get_args(hint):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    return get_origin(hint) or hint
+
+
+def is_optional(name: str) -> bool:
+    return type(None) in get_args(_TYPES[name])
+
+
+def closest_key(name: str) -> str | None:
+    match = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def unknown_key_error(name: str, where: str = "") -> ConfigError:
+    hint = closest_key(name)
+    suffix = f"; did you mean '{hint}'?" if hint else "; run 'lorasmith config keys' to list them."
+    return ConfigError(f"unknown configuration key '{name}'{where}{suffix}")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(name: str, value: Any) -> Any:
+    """Turn `value` (text from a CLI or form, or a value from a file) into the field's type."""
+    if name not in FIELDS:
+        raise unknown_key_error(name)
+    kind = field_type(name)
+    if value is None or (is_optional(name) and isinstance(value, str) and value.strip() == ""):
+        if is_optional(name):
+            return None
+        raise ConfigError(f"{name} needs a value")
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return int(str(value).strip())
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(str(value).strip()) if isinstance(value, str) else float(value)
+        if kind is list:
+            if isinstance(value, str):
+                return [part for part in value.split() if part]
+            return [str(item) for item in value]
+        if kind is str:
+            if name == "resolution" and isinstance(value, (list, tuple, int)):
+                value = ",".join(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    expected = {bool: "true or false", int: "a whole number", float: "a number", list: "a list", str: "text"}[kind]
+    raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    parts = [p.strip() for p in str(text).replace("x", ",").split(",") if p.strip()]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) != 2 or min(numbers) <= 0:
+        raise ConfigError(f"resolution must be 'width,height' or one number such as 512, got {text!r}")
+    return numbers[0], numbers[1]
+
+
+def from_dict(values: dict, where: str = "") -> TrainConfig:
+    """Build a configuration from key -> value; unknown keys and wrong types are errors."""
+    kwargs = {}
+    for key, value in values.items():
+        if key not in FIELDS:
+            raise unknown_key_error(key, where)
+        kwargs[key] = parse_value(key, value)
+    return TrainConfig(**kwargs)
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def with_values(config: TrainConfig, values: dict) -> TrainConfig:
+    """A copy of `config` with `values` (key -> raw value) parsed and applied."""
+    return dataclasses.replace(config, **{k: parse_value(k, v) for k, v in values.items()})
