@@ -1,0 +1,54 @@
+"""The CLIP tokenizer, built offline from the BPE merges that ship with lorasmith.
+
+SD1.x, SD2.x and SDXL all use OpenAI CLIP's byte-level BPE (49,408 tokens). Only the merges
+list ships (`assets/clip_bpe_merges.txt.gz`, the file OpenAI published with CLIP); the vocabulary
+is derived from it exactly as CLIP does: the 256 byte symbols, the same with an end-of-word
+marker, one token per merge, then the start and end tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+VOCAB_SIZE = 49408
+MAX_LENGTH = 77
+_MERGE_COUNT = VOCAB_SIZE - 2 * 256 - 2
+
+
+def _byte_symbols() -> list[str]:
+    """CLIP's (and GPT-2's) mapping of the 256 bytes to printable unicode characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+@functools.lru_cache(maxsize=1)
+def _vocab_files() -> tuple[str, str]:
+    raw = resources.files("lorasmith.models").joinpath("assets/clip_bpe_merges.txt.gz").read_bytes()
+    merges = gzip.decompress(raw).decode("utf-8").split("\n")[1 : _MERGE_COUNT + 1]
+    symbols = _byte_symbols()
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder = Path(tempfile.mkdtemp(prefix="lorasmith-clip-"))
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}), "utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
+    return str(folder / "vocab.json"), str(folder / "merges.txt")
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A transformers CLIPTokenizer; SD2's and SDXL's second encoder pad with '!' (id 0)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _vocab_files()
+    return CLIPTokenizer(vocab, merges, pad_token=pad_token, model_max_length=MAX_LENGTH)
