@@ -45,14 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_overrides(parser: argparse.ArgumentParser, argv: list[str]):
+    """Everything from the first `--<configuration key>` on is overrides, values included.
+
+    Parsed apart so that a value such as `--network_dim 32` is never taken for the
+    positional CONFIG argument.
+    """
+    from lorasmith.config.schema import FIELDS
+
+    for index, token in enumerate(argv):
+        if token.startswith("--") and token[2:].split("=")[0].replace("-", "_") in FIELDS:
+            return parser.parse_args(argv[:index]), argv[index:]
+    return parser.parse_args(argv), []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 0 if not argv and args.command is None else 2
-    if extra and not getattr(args, "accepts_overrides", False):
+    if getattr(args, "accepts_overrides", False):
+        args, extra = _split_overrides(parser, argv)
+    elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(handler(args, extra) or 0)

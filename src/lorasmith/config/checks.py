@@ -1,0 +1,105 @@
+"""Value checks for a whole configuration: one ConfigError line per mistake, warnings as text.
+
+Types are already right when a TrainConfig exists (schema.parse_value sees to that); this
+module checks ranges, choices, combinations and that folders and files exist.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lorasmith.config.schema import FIELDS, TrainConfig, parse_resolution
+from lorasmith.errors import ConfigError
+
+# key -> (lowest allowed, whether the lowest itself is allowed)
+_MINIMUMS = {
+    "train_batch_size": (1, True), "max_train_epochs": (0, True), "max_train_steps": (0, True),
+    "save_every_n_epochs": (0, True), "learning_rate": (0, False), "unet_lr": (0, True),
+    "text_encoder_lr": (0, True), "lr_warmup_steps": (0, True), "lr_scheduler_num_cycles": (1, True),
+    "network_dim": (1, True), "network_alpha": (0, False), "num_cpu_threads_per_process": (1, True),
+    "max_data_loader_n_workers": (0, True), "conv_dim": (0, True), "conv_alpha": (0, True),
+    "gradient_accumulation_steps": (1, True), "max_grad_norm": (0, True), "keep_tokens": (0, True),
+    "clip_skip": (1, True), "min_bucket_reso": (64, True), "max_bucket_reso": (64, True),
+    "bucket_reso_steps": (8, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
+    "prior_loss_weight": (0, True), "sample_every_n_epochs": (0, True), "sample_every_n_steps": (0, True),
+}
+_FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "validation_split": 0.5}
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    for key, (low, inclusive) in _MINIMUMS.items():
+        value = getattr(config, key)
+        if value is None:
+            continue
+        if value < low or (value == low and not inclusive):
+            relation = "at least" if inclusive else "greater than"
+            raise ConfigError(f"{key} must be {relation} {low:g}, got {value:g}")
+    for key, high in _FRACTIONS.items():
+        value = getattr(config, key)
+        if not 0 <= value <= high:
+            raise ConfigError(f"{key} must be between 0 and {high:g}, got {value:g}")
+    for key, spec in FIELDS.items():
+        choices = spec.metadata["choices"]
+        if choices and getattr(config, key) not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {getattr(config, key)!r}")
+
+
+def _check_shapes(config: TrainConfig) -> None:
+    width, height = parse_resolution(config.resolution)
+    if width % 64 or height % 64:
+        raise ConfigError(f"resolution must be a multiple of 64 (e.g. 512, 576, 768), got {config.resolution!r}")
+    if config.min_bucket_reso > config.max_bucket_reso:
+        raise ConfigError("min_bucket_reso must not be larger than max_bucket_reso")
+    if config.max_train_epochs == 0 and config.max_train_steps == 0:
+        raise ConfigError("set max_train_epochs (or max_train_steps) to more than 0")
+    if config.network_train_unet_only and config.network_train_text_encoder_only:
+        raise ConfigError("choose at most one of network_train_unet_only and network_train_text_encoder_only")
+    if not config.output_name or any(c in config.output_name for c in "/\\:*?\"<>|"):
+        raise ConfigError(f"output_name must be a plain file name without path characters, got {config.output_name!r}")
+
+
+def _check_paths(config: TrainConfig, for_training: bool) -> None:
+    if not config.train_data_dir:
+        raise ConfigError("train_data_dir is not set; point it at the folder holding '<repeats>_<name>' folders")
+    if not Path(config.train_data_dir).expanduser().is_dir():
+        raise ConfigError(f"train_data_dir '{config.train_data_dir}' does not exist; create it or fix the path")
+    if config.reg_data_dir and not Path(config.reg_data_dir).expanduser().is_dir():
+        raise ConfigError(f"reg_data_dir '{config.reg_data_dir}' does not exist; fix the path or leave it empty")
+    if config.sample_prompts and not Path(config.sample_prompts).expanduser().is_file():
+        raise ConfigError(f"sample_prompts file '{config.sample_prompts}' does not exist")
+    if not for_training:
+        return
+    if not config.pretrained_model_name_or_path:
+        raise ConfigError("pretrained_model_name_or_path is not set; choose a base checkpoint (.safetensors)")
+    if not os.path.exists(os.path.expanduser(config.pretrained_model_name_or_path)):
+        raise ConfigError(f"base model '{config.pretrained_model_name_or_path}' does not exist; fix the path")
+    if not config.output_dir:
+        raise ConfigError("output_dir is not set; choose a folder for the LoRA files")
+    if config.resume and not Path(config.resume).expanduser().is_dir():
+        raise ConfigError(f"resume folder '{config.resume}' does not exist; give a state folder written by save_state")
+
+
+def advisory_warnings(config: TrainConfig) -> list[str]:
+    """Allowed but probably not meant: the tutorial's cautions."""
+    warnings = []
+    if config.network_alpha > config.network_dim:
+        warnings.append(f"network_alpha ({config.network_alpha:g}) is above network_dim ({config.network_dim}): "
+                        "the tutorial advises alpha <= rank (usually rank / 2)")
+    if config.effective_text_encoder_lr > config.learning_rate:
+        warnings.append("text_encoder_lr is higher than learning_rate; the tutorial advises half of it or equal")
+    if config.cache_text_encoder_outputs and (not config.network_train_unet_only or config.shuffle_caption
+                                              or config.caption_dropout_rate > 0):
+        warnings.append("cache_text_encoder_outputs needs network_train_unet_only and fixed captions; it is ignored")
+    if config.conv_alpha > config.conv_dim > 0:
+        warnings.append("conv_alpha is above conv_dim")
+    return warnings
+
+
+def check_config(config: TrainConfig, for_training: bool = True, check_paths: bool = True) -> list[str]:
+    """Raise ConfigError for the first invalid value; return advisory warnings."""
+    _check_ranges(config)
+    _check_shapes(config)
+    if check_paths:
+        _check_paths(config, for_training)
+    return advisory_warnings(config)

@@ -1,0 +1,100 @@
+"""Read the kohya_ss GUI's JSON configuration files, the kind tutorials hand out.
+
+The GUI saves its form with its own key names (`epoch`, `max_resolution`, `optimizer`, `v2`,
+`LoRA_type` ...), often with numbers as strings. We translate what has a meaning here and list
+the rest once, as a note, instead of failing: a user's old config should just open.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from lorasmith.config.schema import FIELDS
+
+# GUI key -> our key, for keys that only differ in name.
+RENAMED = {
+    "epoch": "max_train_epochs",
+    "max_resolution": "resolution",
+    "optimizer": "optimizer_type",
+}
+# Keys only the GUI writes: seeing one of them means the file came from the GUI.
+GUI_ONLY_KEYS = {"epoch", "max_resolution", "LoRA_type", "model_list", "lr_warmup", "save_model_as", "v2", "sdxl"}
+_LOCON_TYPES = {"LoCon", "Kohya LoCon", "LyCORIS/LoCon", "Kohya DyLoRA"}
+
+
+def looks_like_kohya_gui(values: dict) -> bool:
+    return any(key in values for key in GUI_ONLY_KEYS)
+
+
+def _is_unset(value) -> bool:
+    return value in (None, "", False, 0, "0", "0.0", [], {})
+
+
+def _model_family(values: dict) -> str:
+    if values.get("sdxl") in (True, "true", "True"):
+        return "sdxl"
+    if values.get("v2") in (True, "true", "True"):
+        return "sd2"
+    return "auto"
+
+
+def translate(values: dict) -> tuple[dict, list[str]]:
+    """GUI JSON -> (our key -> value, notes). Values stay raw; schema.parse_value types them."""
+    ours: dict = {"model_family": _model_family(values)}
+    ignored: list[str] = []
+    for key, value in values.items():
+        target = RENAMED.get(key, key)
+        if key in ("v2", "sdxl"):
+            continue
+        if key == "LoRA_type":
+            if value not in ("Standard", *_LOCON_TYPES):
+                ignored.append(f"LoRA_type={value!r} (only Standard and LoCon are trained here)")
+            continue
+        if key == "lr_warmup":
+            if not _is_unset(value):
+                ignored.append(f"lr_warmup={value}% (set lr_warmup_steps; `lorasmith plan` shows the total steps)")
+            continue
+        if key == "additional_parameters":
+            ignored += _additional_parameters(str(value or ""), ours)
+            continue
+        if target not in FIELDS:
+            if not _is_unset(value):
+                ignored.append(key)
+            continue
+        if target in ("unet_lr", "text_encoder_lr", "max_train_steps") and _is_unset(value):
+            # The GUI writes 0 or "" for "not set": ours means "use the learning rate" / "epochs decide".
+            if target == "max_train_steps":
+                ours[target] = 0
+            continue
+        if target == "optimizer_args" and isinstance(value, str):
+            value = shlex.split(value)
+        if target == "save_precision" and value == "float":
+            value = "float"
+        ours[target] = value
+    if values.get("LoRA_type", "Standard") not in _LOCON_TYPES:
+        ours.pop("conv_dim", None)
+        ours.pop("conv_alpha", None)
+    notes = [f"kohya_ss settings not used by lorasmith: {', '.join(ignored)}"] if ignored else []
+    return ours, notes
+
+
+def _additional_parameters(text: str, ours: dict) -> list[str]:
+    """'--noise_offset 0.05 --foo' from the GUI's free-text box: apply the keys we know."""
+    ignored = []
+    tokens = shlex.split(text)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if not token.startswith("--"):
+            continue
+        key, _, inline = token[2:].partition("=")
+        value: object = inline or True
+        if not inline and index < len(tokens) and not tokens[index].startswith("--"):
+            value = tokens[index]
+            index += 1
+        if key in FIELDS:
+            ours[key] = value
+        else:
+            ignored.append(f"--{key}")
+    return ignored

@@ -1,0 +1,26 @@
+"""Starting configurations for the user's VRAM, shipped in the package (`presets/*.toml`)."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+
+from lorasmith.config.schema import TrainConfig, from_dict
+from lorasmith.errors import ConfigError
+
+PRESETS = {
+    "8gb": "Medium VRAM (~8 GB): batch 1, gradient checkpointing, cached latents, 8-bit AdamW, 512 px",
+    "12gb": "High VRAM (12 GB+): batch 4, 768 px",
+}
+
+
+def preset_values(name: str) -> dict:
+    key = name.lower().replace(" ", "")
+    if key not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    text = resources.files("lorasmith.config").joinpath(f"presets/{key}.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def load_preset(name: str) -> TrainConfig:
+    return from_dict(preset_values(name), where=f" in preset {name}")
