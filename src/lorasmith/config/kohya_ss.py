@@ -55,12 +55,16 @@ def translate(values: dict) -> tuple[dict, list[str]]:
                 ignored.append(f"lr_warmup={value}% (set lr_warmup_steps; `lorasmith plan` shows the total steps)")
             continue
         if key == "additional_parameters":
-            ignored += _additional_parameters(str(value or ""), ours)
-            continue
+            continue  # applied last: the GUI appends them to the command line, so they win
         if target not in FIELDS:
             if not _is_unset(value):
                 ignored.append(key)
             continue
+        if value == "" and target not in ("reg_data_dir", "logging_dir", "output_dir", "train_data_dir",
+                                          "pretrained_model_name_or_path", "resume", "training_comment"):
+            continue  # the GUI writes "" for a number it leaves unset
+        if key == "epoch" and str(values.get("max_train_epochs", "")).strip() not in ("", "0"):
+            continue  # sd-scripts lets max_train_epochs win over the GUI's epoch
         if target in ("unet_lr", "text_encoder_lr", "max_train_steps") and _is_unset(value):
             # The GUI writes 0 or "" for "not set": ours means "use the learning rate" / "epochs decide".
             if target == "max_train_steps":
@@ -71,6 +75,7 @@ def translate(values: dict) -> tuple[dict, list[str]]:
         if target == "save_precision" and value == "float":
             value = "float"
         ours[target] = value
+    ignored += _additional_parameters(str(values.get("additional_parameters") or ""), ours)
     if values.get("LoRA_type", "Standard") not in _LOCON_TYPES:
         ours.pop("conv_dim", None)
         ours.pop("conv_alpha", None)
