@@ -1,0 +1,178 @@
+"""One table: each TrainConfig field <-> the widget that edits it, generated from the schema.
+
+`FORM` holds one `FieldWidget` per schema key, in schema order, built from the field's type,
+`doc` (the widget's info text), `group` (the tab it lives in) and `choices`. The app builds
+the components group by group with `build_group`; values travel between the page and the
+library as one list in `FORM` order (`config_to_values` / `values_to_config`), so open,
+save, presets, plan and start all share the same two conversions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from lorasmith.config.schema import FIELDS, TrainConfig, field_type, from_dict, is_optional
+
+# The tutorial's names for the settings it talks about; other labels come from the key.
+_LABELS = {
+    "pretrained_model_name_or_path": "Pretrained model (checkpoint)",
+    "v_parameterization": "v-parameterization",
+    "train_data_dir": "Image folder",
+    "reg_data_dir": "Regularisation folder",
+    "output_dir": "Output folder",
+    "logging_dir": "Logging folder",
+    "output_name": "Model output name",
+    "train_batch_size": "Train batch size",
+    "max_train_epochs": "Epoch",
+    "unet_lr": "Unet learning rate",
+    "text_encoder_lr": "Text Encoder learning rate",
+    "lr_scheduler": "LR scheduler",
+    "lr_warmup_steps": "LR warmup steps",
+    "resolution": "Max resolution",
+    "network_dim": "Network Rank (Dimension)",
+    "network_alpha": "Network Alpha",
+    "num_cpu_threads_per_process": "Number of CPU threads per core",
+    "sdpa": "SDPA attention",
+}
+
+# Fields that hold a path, and whether it names a file or a folder (the path chooser uses it).
+PATH_KINDS = {
+    "pretrained_model_name_or_path": "file",
+    "train_data_dir": "folder",
+    "reg_data_dir": "folder",
+    "output_dir": "folder",
+    "logging_dir": "folder",
+    "sample_prompts": "file",
+    "resume": "folder",
+}
+
+# The sections of LoRA > Training > Parameters, in page order.
+GROUP_TITLES = {
+    "model": "Source model",
+    "folders": "Folders",
+    "basic": "Basic",
+    "advanced": "Advanced",
+    "samples": "Samples and validation",
+}
+
+
+@dataclass(frozen=True)
+class FieldWidget:
+    """How one configuration key appears on the page."""
+
+    key: str
+    kind: str  # "checkbox" | "dropdown" | "integer" | "number" | "text" | "list"
+    label: str
+    info: str
+    group: str
+    choices: tuple | None = None
+    optional: bool = False
+
+    @property
+    def elem_id(self) -> str:
+        """The HTML id of the widget's block (the browser tests find widgets by it)."""
+        return f"cfg-{self.key}"
+
+
+def _kind(key: str) -> str:
+    if FIELDS[key].metadata["choices"]:
+        return "dropdown"
+    return {bool: "checkbox", int: "integer", float: "number", list: "list"}.get(field_type(key), "text")
+
+
+def _label(key: str) -> str:
+    return _LABELS.get(key, key.replace("_", " ").capitalize())
+
+
+def _info(key: str, kind: str) -> str:
+    doc = FIELDS[key].metadata["doc"]
+    if kind == "list":
+        doc += " Separate entries with spaces."
+    return f"{doc} [{key}]"
+
+
+def _widget_for(key: str) -> FieldWidget:
+    kind = _kind(key)
+    return FieldWidget(key=key, kind=kind, label=_label(key), info=_info(key, kind),
+                       group=FIELDS[key].metadata["group"], choices=FIELDS[key].metadata["choices"],
+                       optional=is_optional(key))
+
+
+FORM: tuple[FieldWidget, ...] = tuple(_widget_for(key) for key in FIELDS)
+FORM_KEYS: tuple[str, ...] = tuple(w.key for w in FORM)
+
+
+def widgets_in(group: str) -> list[FieldWidget]:
+    return [w for w in FORM if w.group == group]
+
+
+# ---- values: TrainConfig <-> the list of widget values in FORM order ------------------------
+
+
+def to_widget_value(widget: FieldWidget, value: Any) -> Any:
+    """A config value as its widget shows it (lists become space-separated text)."""
+    if widget.kind == "list":
+        return " ".join(str(item) for item in value)
+    return value
+
+
+def config_to_values(config: TrainConfig) -> list:
+    return [to_widget_value(w, getattr(config, w.key)) for w in FORM]
+
+
+def values_to_config(values: Sequence) -> TrainConfig:
+    """Widget values (FORM order) -> TrainConfig; a wrong value raises ConfigError naming the key."""
+    if len(values) != len(FORM):
+        raise ValueError(f"expected {len(FORM)} form values, got {len(values)}")
+    return from_dict({w.key: _from_widget(w, v) for w, v in zip(FORM, values)})
+
+
+def _from_widget(widget: FieldWidget, value: Any) -> Any:
+    if widget.kind == "text" and value is None:
+        return ""
+    if widget.kind == "list" and value is None:
+        return []
+    return value
+
+
+# ---- components -------------------------------------------------------------------------------
+
+
+def make_component(widget: FieldWidget, value: Any):
+    """The Gradio component for one key, showing `value` (rendered in the current Blocks context)."""
+    import gradio as gr
+
+    common = dict(label=widget.label, info=widget.info, elem_id=widget.elem_id)
+    shown = to_widget_value(widget, value)
+    if widget.kind == "checkbox":
+        return gr.Checkbox(value=shown, **common)
+    if widget.kind == "dropdown":
+        return gr.Dropdown(choices=list(widget.choices), value=shown, **common)
+    if widget.kind == "integer":
+        return gr.Number(value=shown, precision=0, **common)
+    if widget.kind == "number":
+        return gr.Number(value=shown, placeholder="empty: same as learning rate" if widget.optional else None,
+                         **common)
+    return gr.Textbox(value=shown, lines=1, max_lines=1, **common)
+
+
+def build_group(group: str, config: TrainConfig, columns: int = 2) -> dict:
+    """Render every widget of `group` in rows of `columns`; key -> component."""
+    import gradio as gr
+
+    members = widgets_in(group)
+    components = {}
+    for start in range(0, len(members), columns):
+        with gr.Row(equal_height=True):
+            for widget in members[start:start + columns]:
+                components[widget.key] = make_component(widget, getattr(config, widget.key))
+    return components
+
+
+def in_form_order(components: dict) -> list:
+    """The components as one list in FORM order (the inputs/outputs of every form handler)."""
+    missing = [key for key in FORM_KEYS if key not in components]
+    if missing:
+        raise ValueError(f"the page has no widget for: {', '.join(missing)}")
+    return [components[key] for key in FORM_KEYS]

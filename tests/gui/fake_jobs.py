@@ -1,0 +1,35 @@
+"""Worker jobs for the runner tests: module-level so a spawned process can import them."""
+
+from __future__ import annotations
+
+import time
+
+from lorasmith.errors import TrainingError
+from lorasmith.events import FileWritten, Message, Progress
+
+
+def quick_run(config, events, stop) -> None:
+    """Three steps with a loss, a sample and a LoRA file."""
+    events(Message("plan: 3 steps"))
+    for step in range(1, 4):
+        events(Progress("train", step, 3, {"loss": 1.0 / step}))
+    events(FileWritten(f"{config.output_dir}/sample.png", "sample"))
+    events(FileWritten(f"{config.output_dir}/{config.output_name}.safetensors", "lora"))
+
+
+def until_stopped(config, events, stop) -> None:
+    """Steps until Stop is asked, then 'saves' like the trainer does."""
+    step = 0
+    while not stop.is_set() and step < 600:
+        step += 1
+        events(Progress("train", step, 600, {"loss": 0.5}))
+        time.sleep(0.05)
+    events(FileWritten(f"{config.output_dir}/{config.output_name}-step{step}.safetensors", "lora"))
+
+
+def user_mistake(config, events, stop) -> None:
+    raise TrainingError("output folder already holds lora.safetensors; set overwrite or change output_name")
+
+
+def bug(config, events, stop) -> None:
+    raise ZeroDivisionError("division by zero")
