@@ -1,0 +1,49 @@
+"""Turn a batch of samples into tensors: latents (cached or encoded now), captions, SDXL time ids."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from lorasmith.dataset.batches import Sample
+from lorasmith.dataset.captions import prepare_caption
+from lorasmith.dataset.images import load_image
+from lorasmith.dataset.latent_cache import CachedImage, encode_latents
+from lorasmith.models.text import sdxl_time_ids
+
+
+@dataclass
+class TensorBatch:
+    latents: torch.Tensor  # [B, 4, h, w]
+    captions: list[str]
+    weights: torch.Tensor  # per-sample loss weight (prior_loss_weight for regularisation images)
+    time_ids: torch.Tensor  # [B, 6] SDXL micro-conditioning (unused by SD1/SD2)
+
+
+@dataclass
+class CaptionRules:
+    shuffle: bool = False
+    keep_tokens: int = 0
+    dropout_rate: float = 0.0
+
+
+def collate(samples: list[Sample], bucket: tuple[int, int], rng: random.Random, rules: CaptionRules,
+            prior_loss_weight: float, cache: dict[object, CachedImage] | None, vae=None,
+            latent_scale: float = 1.0) -> TensorBatch:
+    """Latents come from the cache when there is one, else the VAE encodes the images now."""
+    if cache is not None:
+        entries = [cache[s.item.path] for s in samples]
+    else:
+        loaded = [load_image(s.item.path, bucket) for s in samples]
+        latents = encode_latents(vae, torch.stack([pixels for pixels, _, _ in loaded]), latent_scale).cpu()
+        entries = [CachedImage(latent, hw, crop) for latent, (_, hw, crop) in zip(latents, loaded)]
+    target_hw = (bucket[1], bucket[0])
+    return TensorBatch(
+        latents=torch.stack([e.latents for e in entries]),
+        captions=[prepare_caption(s.item.caption, rng, rules.shuffle, rules.keep_tokens, rules.dropout_rate)
+                  for s in samples],
+        weights=torch.tensor([prior_loss_weight if s.is_reg else 1.0 for s in samples]),
+        time_ids=torch.stack([sdxl_time_ids(e.original_hw, e.crop_top_left, target_hw) for e in entries]),
+    )

@@ -1,0 +1,88 @@
+"""The trainer's set-up steps, each small: data, model, network, latents, optimizer."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorasmith.config.schema import TrainConfig
+from lorasmith.dataset.batches import Sample, epoch_samples
+from lorasmith.dataset.plan import StepPlan, assign_buckets, plan_steps, read_image_sizes
+from lorasmith.dataset.scan import Dataset, Subset
+from lorasmith.errors import TrainingError
+
+
+@dataclass
+class TrainingData:
+    train: Dataset
+    reg: Dataset | None
+    samples: list[Sample]  # one epoch's samples (images x repeats, plus regularisation)
+    bucket_of: dict[Path, tuple[int, int]]
+    plan: StepPlan
+    validation: list[Path]  # held-out images (validation_split), never trained on
+
+
+def _hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, list[Path]]:
+    """Take `fraction` of each folder's images out of training, chosen by the seed."""
+    if fraction <= 0:
+        return train, []
+    rng = random.Random(f"validation-{seed}")
+    held: list[Path] = []
+    subsets = []
+    for subset in train.subsets:
+        images = list(subset.images)
+        count = min(len(images) - 1, round(len(images) * fraction))
+        chosen = set(rng.sample(range(len(images)), count)) if count > 0 else set()
+        held += [images[i].path for i in sorted(chosen)]
+        subsets.append(Subset(subset.folder, subset.name, subset.repeats,
+                              [im for i, im in enumerate(images) if i not in chosen]))
+    return Dataset(train.root, subsets, train.is_reg), held
+
+
+def setup_data(config: TrainConfig, train: Dataset, reg: Dataset | None) -> TrainingData:
+    train, validation = _hold_out(train, config.validation_split, config.seed)
+    sizes = read_image_sizes([train] + ([reg] if reg else []))
+    bucket_of = assign_buckets(config, sizes)
+    step_plan = plan_steps(config, train, reg, sizes)
+    if step_plan.total_steps < 1:
+        raise TrainingError("this configuration makes 0 steps; raise max_train_epochs or add images")
+    return TrainingData(train, reg, epoch_samples(train, reg), bucket_of, step_plan, validation)
+
+
+def weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """Frozen base weights in half precision on GPU (as sd-scripts does); fp32 on CPU."""
+    if device.type == "cpu" or mixed_precision == "no":
+        return torch.float32
+    return torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+
+
+def prepare_base_for_training(base, config: TrainConfig, train_text_encoder: bool) -> None:
+    """Freeze everything, choose attention, switch on gradient checkpointing where asked."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    for module in (base.unet, base.vae, *base.text_encoders):
+        module.requires_grad_(False)
+    if not config.sdpa:
+        base.unet.set_attn_processor(AttnProcessor())
+    if config.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+        if train_text_encoder:
+            for encoder in base.text_encoders:
+                encoder.gradient_checkpointing_enable()
+    base.unet.train()
+    for encoder in base.text_encoders:
+        encoder.train(train_text_encoder)  # CLIP has no dropout by default; train() for LoRA dropout
+
+
+def lora_spec(config: TrainConfig):
+    from lorasmith.network.lora import LoraSpec
+
+    return LoraSpec(
+        rank=config.network_dim, alpha=config.network_alpha, conv_rank=config.conv_dim,
+        conv_alpha=config.conv_alpha or config.conv_dim, dropout=config.network_dropout,
+        train_unet=not config.network_train_text_encoder_only,
+        train_text_encoder=not config.network_train_unet_only,
+    )

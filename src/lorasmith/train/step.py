@@ -1,0 +1,71 @@
+"""One denoising step: noise the latents, predict, compare. Pure functions, no state.
+
+The target is the noise (epsilon models) or the velocity (v-prediction, SD2.x 768-v). The
+per-sample loss can be weighted by Min-SNR-gamma and by `prior_loss_weight` for
+regularisation images; offset noise adds a per-channel constant to the noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lorasmith.models.base import BaseModel
+
+
+@dataclass
+class NoiseDraw:
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def draw_noise(latents: torch.Tensor, num_train_timesteps: int, generator: torch.Generator,
+               noise_offset: float = 0.0) -> NoiseDraw:
+    """Noise and timesteps for a batch, from `generator` so that a step can be replayed exactly."""
+    batch, channels = latents.shape[:2]
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((batch, channels, 1, 1), generator=generator)
+    timesteps = torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    return NoiseDraw(noise.to(latents.device, latents.dtype), timesteps.to(latents.device))
+
+
+def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return alphas_cumprod / (1.0 - alphas_cumprod)
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR, or / (SNR + 1) for v-prediction."""
+    ratio = snr(scheduler, timesteps)
+    clipped = torch.clamp(ratio, max=gamma)
+    return clipped / (ratio + 1.0) if v_prediction else clipped / ratio
+
+
+def predict_noise(base: BaseModel, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                  pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+    extra = {}
+    if base.family.name == "sdxl":
+        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.to(noisy.device, noisy.dtype)}
+    return base.unet(noisy, timesteps, context, **extra).sample
+
+
+def denoising_loss(base: BaseModel, latents: torch.Tensor, context: torch.Tensor, draw: NoiseDraw,
+                   pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
+                   sample_weights: torch.Tensor | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """Mean loss of a batch, and per-sample weighting; the trainer and `evaluate` both use it."""
+    scheduler = base.noise_scheduler
+    noisy = scheduler.add_noise(latents, draw.noise, draw.timesteps)
+    prediction = predict_noise(base, noisy, draw.timesteps, context, pooled, time_ids)
+    if base.v_prediction:
+        target = scheduler.get_velocity(latents, draw.noise, draw.timesteps)
+    else:
+        target = draw.noise
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        per_sample = per_sample * min_snr_weights(scheduler, draw.timesteps, min_snr_gamma, base.v_prediction)
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.to(per_sample.device)
+    return per_sample.mean()

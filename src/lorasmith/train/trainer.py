@@ -1,0 +1,296 @@
+"""The training loop, top to bottom: set up, then epochs of batches, saving as it goes.
+
+Runs on accelerate: one process by default, `accelerate launch --num_processes N` for several
+GPUs (or CPU processes over gloo) with no change to the configuration. Each process takes
+every N-th batch; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from lorasmith.config.schema import TrainConfig, to_dict
+from lorasmith.dataset.batches import make_batches
+from lorasmith.dataset.captions import tag_frequency
+from lorasmith.errors import TrainingError
+from lorasmith.events import EventSink, FileWritten, Message, Progress, ignore_events
+from lorasmith.models.text import encode_tokens, tokenize
+from lorasmith.train import run as files
+from lorasmith.train.batches import CaptionRules, collate
+from lorasmith.train.optim import build_optimizer, build_scheduler
+from lorasmith.train.setup import TrainingData, lora_spec, prepare_base_for_training, weight_dtype
+from lorasmith.train.state import Position, load_state, save_state
+from lorasmith.train.step import denoising_loss, draw_noise
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    files: list[str] = field(default_factory=list)  # LoRA files written, in order
+    final_file: str | None = None
+    steps: int = 0
+    epochs_done: int = 0
+    interrupted: bool = False
+    losses: list[float] = field(default_factory=list)  # loss of every optimizer step
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, data: TrainingData, base, events: EventSink = ignore_events,
+                 stop: threading.Event | None = None):
+        from accelerate import Accelerator
+
+        self.config, self.data, self.events, self.stop = config, data, events, stop
+        self.output_dir = Path(config.output_dir).expanduser()
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with="tensorboard", project_dir=config.effective_logging_dir,
+        )
+        self.base = base
+        self.result = TrainResult(output_dir=str(self.output_dir))
+        self.session_id = uuid.uuid4().hex[:16]
+        self.started_at = time.time()
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from lorasmith.network.lora import create_lora_network
+
+        config, base, accelerator = self.config, self.base, self.accelerator
+        spec = lora_spec(config)
+        prepare_base_for_training(base, config, spec.train_text_encoder)
+        self.network = create_lora_network(base, spec)
+        self.train_text_encoder = spec.train_text_encoder
+        groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
+        optimizer = build_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
+        self.total_steps = self.data.plan.total_steps
+        self.scheduler = build_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps,
+                                         self.total_steps, config.lr_scheduler_num_cycles)
+        modules = [base.unet] + (list(base.text_encoders) if spec.train_text_encoder else [])
+        prepared = accelerator.prepare(*modules, optimizer)
+        self.modules, self.optimizer = list(prepared[:-1]), prepared[-1]
+        self.model = replace(base, unet=self.modules[0],
+                             text_encoders=self.modules[1:] if spec.train_text_encoder else base.text_encoders)
+        self.cache = self._cache_latents()
+        self.position = self._resume() if config.resume else Position(0, 0, 0)
+        files.guard_outputs(self.output_dir, config.output_name, config.overwrite, after_epoch=self.position.epoch)
+        self.record = files.RunRecord(str(self.output_dir), config.output_name,
+                                      config.pretrained_model_name_or_path, to_dict(config),
+                                      [str(p) for p in self.data.validation])
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.record.write()
+            accelerator.init_trackers(config.output_name)
+
+    def _cache_latents(self):
+        if not self.config.cache_latents:
+            return None
+        from lorasmith.dataset.latent_cache import cache_latents
+
+        self.events(Message(f"caching latents of {len(self.data.bucket_of)} images"))
+        cache = cache_latents(self.base.vae, self.data.bucket_of, self.base.family.latent_scale,
+                              to_disk=self.config.cache_latents_to_disk,
+                              progress=lambda done, total: self.events(Progress("cache latents", done, total)))
+        self.base.vae.to("cpu")  # not needed again while training: give its memory back
+        return cache
+
+    def _resume(self) -> Position:
+        tensors, optim, position, _ = load_state(self.config.resume)
+        self.network.load_kohya_state_dict(tensors)
+        self.optimizer.load_state_dict(optim["optimizer"])
+        self.scheduler.load_state_dict(optim["scheduler"])
+        self.events(Message(f"resumed from {self.config.resume} at step {position.step} (epoch {position.epoch})"))
+        return position
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        step, losses = self.position.step, deque(maxlen=50)
+        rules = CaptionRules(config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate)
+        self.events(Message(f"training {self.total_steps} steps over {self.data.plan.epochs} epochs"))
+        try:
+            for epoch in range(self.position.epoch, self.data.plan.epochs):
+                batches = self._epoch_batches(epoch)
+                start = self.position.batch_in_epoch if epoch == self.position.epoch else 0
+                for index in range(start, len(batches)):
+                    loss = self._train_batch(batches[index], epoch, index, step, rules)
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    losses.append(loss)
+                    self.result.losses.append(loss)
+                    self._report(step, epoch, loss, sum(losses) / len(losses))
+                    self.position = Position(step, epoch, index + 1)
+                    if self._should_stop() or step >= self.total_steps:
+                        break
+                else:
+                    self.position = Position(step, epoch + 1, 0)
+                    self._end_of_epoch(epoch + 1, step)
+                    continue
+                break  # stopped or out of steps inside the epoch
+        except KeyboardInterrupt:
+            self.result.interrupted = True
+        except BaseException:
+            self._finish(step, "failed")
+            raise
+        if self.result.interrupted:
+            self._save_partial(step)
+        else:
+            self._save_lora(files.final_file(self.output_dir, config.output_name), self.position.epoch, step, "final")
+        self._finish(step, "interrupted" if self.result.interrupted else "finished")
+        return self.result
+
+    def _epoch_batches(self, epoch: int) -> list:
+        """This process's share of the epoch, in an order fixed by (seed, epoch)."""
+        batches = make_batches(self.data.samples, self.data.bucket_of, self.config.train_batch_size,
+                               random.Random(f"{self.config.seed}-{epoch}"))
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if world > 1:  # every process makes the same number of steps: pad by wrapping around
+            per_process = math.ceil(len(batches) / world)
+            batches = [batches[(i * world + rank) % len(batches)] for i in range(per_process)]
+        return batches
+
+    def _train_batch(self, batch, epoch: int, index: int, step: int, rules: CaptionRules) -> float:
+        config, accelerator, model = self.config, self.accelerator, self.model
+        seed = hash((config.seed, epoch, index, accelerator.process_index)) & 0x7FFFFFFF
+        torch.manual_seed(seed)  # LoRA dropout draws from the global generator
+        bucket = self.data.bucket_of[batch[0].item.path]
+        tensors = collate(batch, bucket, random.Random(seed), rules, config.prior_loss_weight, self.cache,
+                          self.base.vae, self.base.family.latent_scale)
+        device = accelerator.device
+        latents = tensors.latents.to(device, weight_dtype(config.mixed_precision, device))
+        draw = draw_noise(latents, model.noise_scheduler.config.num_train_timesteps,
+                          torch.Generator().manual_seed(seed), config.noise_offset)
+        with accelerator.accumulate(*self.modules):
+            with accelerator.autocast():
+                with torch.set_grad_enabled(self.train_text_encoder):
+                    text = encode_tokens(model, tokenize(model, tensors.captions), config.clip_skip)
+                loss = denoising_loss(model, latents, text.context, draw, text.pooled, tensors.time_ids,
+                                      tensors.weights, config.min_snr_gamma)
+            if not torch.isfinite(loss):
+                raise TrainingError(self._nan_message(step + 1))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(self.network.trainable_parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            if accelerator.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach().item()
+
+    def _nan_message(self, step: int) -> str:
+        kept = f"; the last good file is {self.result.files[-1]}" if self.result.files else ""
+        return (f"the loss became NaN or infinite at step {step}; lower the learning rate "
+                f"or use bf16 instead of fp16{kept}")
+
+    def _should_stop(self) -> bool:
+        if self.stop is not None and self.stop.is_set():
+            self.result.interrupted = True
+        return self.result.interrupted
+
+    def _report(self, step: int, epoch: int, loss: float, average: float) -> None:
+        lrs = self.scheduler.get_last_lr()
+        metrics = {"loss": loss, "avg_loss": average, "lr": lrs[0], "epoch": epoch + 1}
+        self.events(Progress("train", step, self.total_steps, metrics))
+        logs = {"loss/current": loss, "loss/average": average, "lr/unet": lrs[0]}
+        if len(lrs) > 1:
+            logs["lr/text_encoder"] = lrs[-1]
+        self.accelerator.log(logs, step=step)
+        every = self.config.sample_every_n_steps
+        if every and step % every == 0:
+            self._sample(epoch + 1, step)
+
+    # ---- saving -------------------------------------------------------------------------
+
+    def _end_of_epoch(self, epoch: int, step: int) -> None:
+        config = self.config
+        last = epoch == self.data.plan.epochs
+        if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last:
+            self._save_lora(files.epoch_file(self.output_dir, config.output_name, epoch), epoch, step, "epoch")
+            if config.save_state:
+                self._save_state(epoch)
+        if config.sample_every_n_epochs and epoch % config.sample_every_n_epochs == 0:
+            self._sample(epoch, step)
+
+    def _save_partial(self, step: int) -> None:
+        path = files.step_file(self.output_dir, self.config.output_name, step)
+        self._save_lora(path, self.position.epoch, step, "interrupted")
+        if self.config.save_state:
+            self._save_state(self.position.epoch)
+
+    def _save_lora(self, path: Path, epoch: int, step: int, kind: str) -> None:
+        from lorasmith.network.files import save_lora_file
+
+        if not self.accelerator.is_main_process:
+            return
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}[self.config.save_precision]
+        save_lora_file(path, self.network.kohya_state_dict(dtype), self._metadata(epoch, step))
+        self.result.files.append(str(path))
+        self.record.add_file(path, epoch, step, kind)
+        self.record.write()
+        self.events(FileWritten(str(path), "lora"))
+
+    def _save_state(self, epoch: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        folder = files.state_folder(self.output_dir, self.config.output_name, epoch)
+        save_state(folder, self.network.kohya_state_dict(torch.float32), self.optimizer, self.scheduler,
+                   self.position, to_dict(self.config))
+        self.events(FileWritten(str(folder), "state"))
+
+    def _metadata(self, epoch: int, step: int) -> dict:
+        from lorasmith.network.metadata import build_metadata
+
+        data = self.data
+        captions: dict[str, list[str]] = {}
+        for subset, item in data.train.items():
+            captions.setdefault(subset.folder.name, []).append(item.caption)
+        dirs = {s.folder.name: {"n_repeats": s.repeats, "img_count": len(s.images)} for s in data.train.subsets}
+        return build_metadata(
+            self.config, family=self.base.family, v_prediction=self.base.v_prediction,
+            base_model_name=self.base.name, base_model_hashes=self.base.info, epoch=epoch, steps=step,
+            max_steps=self.total_steps, num_train_images=data.train.samples_per_epoch,
+            num_reg_images=data.reg.samples_per_epoch if data.reg else 0, dataset_dirs=dirs,
+            tag_frequency=tag_frequency(captions), bucket_info=_bucket_info(data.plan.bucket_counts),
+            session_id=self.session_id, training_started_at=self.started_at,
+        )
+
+    def _sample(self, epoch: int, step: int) -> None:
+        if not self.config.sample_prompts or not self.accelerator.is_main_process:
+            return
+        from lorasmith.sampling.generate import sample_during_training
+        from lorasmith.sampling.prompts import read_prompts_file
+
+        self.base.vae.to(self.accelerator.device)
+        written = sample_during_training(self.base, read_prompts_file(self.config.sample_prompts),
+                                         self.output_dir, self.config.output_name, epoch, step,
+                                         self.config.sample_sampler, clip_skip=self.config.clip_skip)
+        for path in written:
+            self.events(FileWritten(str(path), "sample"))
+        if self.cache is not None:
+            self.base.vae.to("cpu")
+
+    def _finish(self, step: int, status: str) -> None:
+        self.result.steps = step
+        self.result.epochs_done = self.position.epoch
+        self.result.final_file = self.result.files[-1] if self.result.files else None
+        if self.accelerator.is_main_process:
+            self.record.status = status
+            self.record.write()
+        self.accelerator.end_training()
+
+
+def _bucket_info(counts: dict) -> dict:
+    """sd-scripts' ss_bucket_info shape: {"buckets": {i: {"resolution": [w, h], "count": n}}}."""
+    ordered = sorted(counts.items())
+    return {"buckets": {str(i): {"resolution": list(wh), "count": n} for i, (wh, n) in enumerate(ordered)},
+            "mean_img_ar_error": 0.0}
