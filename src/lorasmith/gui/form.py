@@ -47,7 +47,11 @@ PATH_KINDS = {
     "resume": "folder",
 }
 
-# The sections of LoRA > Training > Parameters, in page order.
+# Where the page shows a key when it differs from the schema's group: kohya_ss's GUI (and so
+# the tutorial) has save precision in the Source model section.
+_SECTION_OVERRIDES = {"save_precision": "model"}
+
+# The sections of LoRA > Training, in page order.
 GROUP_TITLES = {
     "model": "Source model",
     "folders": "Folders",
@@ -95,7 +99,7 @@ def _info(key: str, kind: str) -> str:
 def _widget_for(key: str) -> FieldWidget:
     kind = _kind(key)
     return FieldWidget(key=key, kind=kind, label=_label(key), info=_info(key, kind),
-                       group=FIELDS[key].metadata["group"], choices=FIELDS[key].metadata["choices"],
+                       group=_SECTION_OVERRIDES.get(key, FIELDS[key].metadata["group"]), choices=FIELDS[key].metadata["choices"],
                        optional=is_optional(key))
 
 

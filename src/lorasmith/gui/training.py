@@ -1,0 +1,171 @@
+"""What the LoRA > Training tab's buttons do: plain functions of the form's values.
+
+Every handler takes the form as one list of values in `form.FORM` order and answers with
+new values and/or one status line. A `LorasmithError` becomes that line (and a toast);
+nothing here trains or reads datasets itself: it calls `lorasmith.api` and the config module.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from lorasmith.config.schema import with_values
+from lorasmith.errors import ConfigError, LorasmithError
+from lorasmith.gui import form
+from lorasmith.gui.feedback import ERROR_MARK, api_function, error_line, is_error
+from lorasmith.gui.runner import RunState, TrainingRunner
+
+@dataclass
+class FormAnswer:
+    """A status line for the page and, when the form changes, its new values (FORM order)."""
+
+    status: str
+    values: list | None = None
+
+    @property
+    def failed(self) -> bool:
+        return is_error(self.status)
+
+
+# ---- the configuration bar -----------------------------------------------------------------
+
+
+def open_config(path: str) -> FormAnswer:
+    from lorasmith.config.files import load_config
+
+    if not (path or "").strip():
+        return FormAnswer(error_line("type the path of a .toml or .json configuration to open"))
+    try:
+        config, notes = load_config(path.strip())
+    except LorasmithError as error:
+        return FormAnswer(error_line(error))
+    lines = [f"Opened {path.strip()}."] + [f"note: {note}" for note in notes]
+    return FormAnswer("  \n".join(lines), form.config_to_values(config))
+
+
+def save_config(path: str, values: Sequence) -> FormAnswer:
+    """Save the form (TOML or JSON by extension); a value the trainer would refuse is noted, not blocking."""
+    from lorasmith.config.checks import check_config
+    from lorasmith.config.files import save_config as save
+
+    if not (path or "").strip():
+        return FormAnswer(error_line("type a file name ending in .toml or .json to save to"))
+    try:
+        config = form.values_to_config(values)
+        written = save(config, path.strip())
+    except LorasmithError as error:
+        return FormAnswer(error_line(error))
+    status = f"Saved {written}."
+    try:
+        check_config(config, check_paths=False)
+    except ConfigError as error:
+        status += f"  \n{ERROR_MARK}fix before training: {error}"
+    return FormAnswer(status)
+
+
+def apply_preset(name: str, values: Sequence) -> FormAnswer:
+    """The preset's parameters on top of the form; the model and folders stay as entered."""
+    from lorasmith.config.presets import PRESETS, preset_values
+
+    try:
+        config = with_values(form.values_to_config(values), preset_values(name))
+    except LorasmithError as error:
+        return FormAnswer(error_line(error))
+    return FormAnswer(f"Preset applied: {PRESETS[name]}.", form.config_to_values(config))
+
+
+def load_demo(output_dir: str) -> FormAnswer:
+    """The embedded tiny model and bundled dataset, ready to Start."""
+    try:
+        config = api_function("demo_config")(output_dir)
+    except LorasmithError as error:
+        return FormAnswer(error_line(error))
+    return FormAnswer(f"Demo loaded: a tiny model and the bundled dataset, writing to {config.output_dir}. "
+                      "Press Start training.", form.config_to_values(config))
+
+
+# ---- the step plan and the run ---------------------------------------------------------------
+
+
+def plan_text(values: Sequence) -> str:
+    """The live step calculation, or what stops it (missing folder, wrong value) as one line."""
+    from lorasmith import api
+    from lorasmith.events import collect_events
+
+    try:
+        config = form.values_to_config(values)
+        events: list = []
+        step_plan = api.plan(config, events=collect_events(events))
+    except LorasmithError as error:
+        return error_line(error)
+    warnings = [f"warning: {event.text}" for event in events if getattr(event, "level", "") == "warning"]
+    body = "\n".join(step_plan.lines() + warnings)
+    return f"**Total steps: {step_plan.total_steps}**\n\n```text\n{body}\n```"
+
+
+def start_training(runner: TrainingRunner, values: Sequence) -> str:
+    from lorasmith.config.checks import check_config
+
+    try:
+        config = form.values_to_config(values)
+        warnings = check_config(config, for_training=True)
+        runner.start(config)
+    except LorasmithError as error:
+        return error_line(error)
+    return "  \n".join(["Training started."] + [f"warning: {w}" for w in warnings])
+
+
+def demo_output_dir(root: Path) -> str:
+    """A fresh folder per demo run, so a second demo never meets the first one's files."""
+    index = 1
+    while (root / f"run{index:03d}").exists():
+        index += 1
+    return str(root / f"run{index:03d}")
+
+
+# ---- the run panel ------------------------------------------------------------------------------
+
+
+def progress_html(state: RunState) -> str:
+    """A progress bar with 'done / total', the latest loss and the run's status line."""
+    label = {"idle": "Idle", "running": "Training", "stopping": "Stopping", "finished": "Finished",
+             "stopped": "Stopped", "failed": "Failed"}[state.status]
+    if state.total:
+        loss = f", loss {state.losses[-1][1]:.4f}" if state.losses else ""
+        text = f"{label}: {state.task} step {state.done} / {state.total}{loss}"
+        bar = f'<progress value="{state.done}" max="{state.total}" style="width:100%"></progress>'
+    else:
+        text, bar = label, '<progress style="width:100%"></progress>' if state.active else ""
+    return (f'<div id="run-progress">{bar}<div class="run-progress-text">{html.escape(text)}</div>'
+            f'<div class="run-detail"><b>{html.escape(state.detail)}</b></div></div>')
+
+
+def files_markdown(state: RunState) -> str:
+    if not state.files:
+        return "No files written yet."
+    return "**Files written**\n\n" + "\n".join(f"- {kind}: `{path}`" for kind, path in state.files)
+
+
+def loss_frame(state: RunState):
+    """The loss chart's data: one row per step that reported a loss."""
+    import pandas as pd
+
+    return pd.DataFrame(state.losses, columns=["step", "loss"])
+
+
+def sample_images(state: RunState, limit: int = 24) -> list:
+    """The newest sample images as (picture, file name); pictures, not paths, so Gradio may serve
+    them from any output folder. A file that cannot be read yet is left for the next poll."""
+    from PIL import Image
+
+    shown = []
+    for path in state.samples[-limit:]:
+        try:
+            with Image.open(path) as image:
+                shown.append((image.copy(), Path(path).name))
+        except OSError:
+            continue
+    return shown

@@ -1,0 +1,178 @@
+"""Layout and wiring of LoRA > Training: configuration bar, the form's sections, plan, run panel.
+
+The tutorial's order: a configuration bar (Open / Save / Save as, presets), then the tabs
+Source model, Folders, Parameters and Dataset preparation; below them the live step
+calculation and Start / Stop with progress, loss chart, samples and files written.
+What each button does lives in `training.py`; this module only places and connects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from lorasmith.config.presets import PRESETS
+from lorasmith.config.schema import TrainConfig
+from lorasmith.gui import form, training
+from lorasmith.gui.feedback import is_error, toast_if_error
+from lorasmith.gui.paths import path_chooser
+from lorasmith.gui.prepare_tab import build_prepare_tab
+from lorasmith.gui.runner import TrainingRunner
+
+POLL_SECONDS = 1.0
+
+
+def _form_outputs(answer: training.FormAnswer) -> list:
+    """[status, *form values]: the form is left alone when the answer carries no values."""
+    toast_if_error(answer.status)
+    values = answer.values if answer.values is not None else [gr.skip()] * len(form.FORM)
+    return [answer.status, *values]
+
+
+def _plan(*values) -> str:
+    return training.plan_text(values)
+
+
+class TrainingTab:
+    """Builds the tab inside the current Blocks and keeps the components its handlers need."""
+
+    def __init__(self, runner: TrainingRunner, browse_root: str, demo_root: Path) -> None:
+        self.runner = runner
+        self.browse_root = browse_root
+        self.demo_root = demo_root
+        self.fields: dict = {}
+        self.filled_by_tools: list = []  # events that change the form without typing: the plan follows
+
+    def build(self) -> None:
+        with gr.Tab("Training", id="training"):
+            self._config_bar()
+            with gr.Tabs():
+                self._sections()
+            self.plan = gr.Markdown("Set the image folder (Folders tab) to see the step calculation.",
+                                    elem_id="step-plan")
+            self._run_panel()
+        self.inputs = form.in_form_order(self.fields)
+        self._wire_config_bar()
+        self._wire_plan()
+        self._wire_run()
+
+    # ---- layout ---------------------------------------------------------------------------
+
+    def _config_bar(self) -> None:
+        with gr.Group():
+            with gr.Row(equal_height=True):
+                self.config_path = gr.Textbox(label="Configuration file", placeholder="e.g. C:/lora/mychar.toml",
+                                              info="A .toml or .json file (ours, sd-scripts' or a kohya_ss GUI "
+                                                   "config).", scale=5, elem_id="config-path")
+                self.open_button = gr.Button("Open", scale=1, elem_id="config-open")
+                self.save_button = gr.Button("Save", scale=1, elem_id="config-save")
+                self.save_as_button = gr.Button("Save as", scale=1, elem_id="config-save-as")
+            with gr.Row(visible=False, equal_height=True) as self.save_as_row:
+                self.save_as_path = gr.Textbox(label="Save as", placeholder="new file name ending in .toml or .json",
+                                               scale=5, elem_id="config-save-as-path")
+                self.save_as_confirm = gr.Button("Save to this file", variant="primary", scale=1,
+                                                 elem_id="config-save-as-confirm")
+                self.save_as_cancel = gr.Button("Cancel", scale=1)
+            with gr.Row(equal_height=True):
+                self.preset = gr.Dropdown(choices=[(text, name) for name, text in PRESETS.items()], value=None,
+                                          label="Preset", info="Fills the parameters for your GPU's VRAM; the model "
+                                          "and folders stay as they are.", scale=5, elem_id="preset")
+                self.demo_button = gr.Button("Load demo", scale=1, elem_id="load-demo")
+        self.config_status = gr.Markdown(elem_id="config-status")
+
+    def _sections(self) -> None:
+        defaults = TrainConfig()
+        with gr.Tab("Source model", id="source-model"):
+            self.fields.update(form.build_group("model", defaults))
+            self.filled_by_tools.append(path_chooser(
+                {"pretrained_model_name_or_path": self.fields["pretrained_model_name_or_path"]},
+                self.browse_root, "checkpoint"))
+        with gr.Tab("Folders", id="folders"):
+            self.fields.update(form.build_group("folders", defaults))
+            self.filled_by_tools.append(path_chooser(
+                {k: self.fields[k] for k in ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")},
+                self.browse_root, "folder"))
+        with gr.Tab("Parameters", id="parameters"):
+            for group, is_open in (("basic", True), ("advanced", False), ("samples", False)):
+                with gr.Accordion(form.GROUP_TITLES[group], open=is_open):
+                    self.fields.update(form.build_group(group, defaults))
+        with gr.Tab("Dataset preparation", id="dataset-preparation"):
+            self.filled_by_tools += build_prepare_tab(self.browse_root, self.fields)
+
+    def _run_panel(self) -> None:
+        with gr.Row():
+            self.start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
+            self.stop_button = gr.Button("Stop", variant="stop", elem_id="stop-training")
+        self.run_status = gr.Markdown(elem_id="run-status")
+        self.progress = gr.HTML(training.progress_html(self.runner.snapshot()))
+        with gr.Row():
+            self.loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, scale=3)
+            self.gallery = gr.Gallery(label="Sample images", columns=4, height=260, scale=2)
+        self.files = gr.Markdown("No files written yet.", elem_id="run-files")
+        with gr.Accordion("Training log", open=False):
+            self.log = gr.Textbox(lines=8, max_lines=16, show_label=False, autoscroll=True)
+        self.seen = gr.State({})
+        self.timer = gr.Timer(POLL_SECONDS)
+
+    # ---- wiring ---------------------------------------------------------------------------
+
+    def _then_plan(self, event) -> None:
+        event.then(_plan, inputs=self.inputs, outputs=self.plan, show_progress="hidden")
+
+    def _fill(self, handler, inputs: list, event_source) -> None:
+        """`handler(...) -> FormAnswer` fills the form and the status line, then the plan."""
+        event = event_source(lambda *args: _form_outputs(handler(*args)), inputs=inputs,
+                             outputs=[self.config_status, *self.inputs])
+        self._then_plan(event)
+
+    def _wire_config_bar(self) -> None:
+        self._fill(training.open_config, [self.config_path], self.open_button.click)
+        self._fill(lambda name, *values: training.apply_preset(name, values), [self.preset, *self.inputs],
+                   self.preset.input)
+        self._fill(lambda: training.load_demo(training.demo_output_dir(self.demo_root)), [],
+                   self.demo_button.click)
+
+        def save(path, *values):
+            return _form_outputs(training.save_config(path, values))[0]
+
+        self.save_button.click(save, inputs=[self.config_path, *self.inputs], outputs=self.config_status)
+        self.save_as_button.click(lambda path: (gr.Row(visible=True), path), inputs=self.config_path,
+                                  outputs=[self.save_as_row, self.save_as_path])
+        self.save_as_cancel.click(lambda: gr.Row(visible=False), outputs=self.save_as_row)
+
+        def save_as(path, *values):
+            answer = training.save_config(path, values)
+            if is_error(toast_if_error(answer.status)):
+                return answer.status, gr.skip(), gr.skip()
+            return answer.status, path.strip(), gr.Row(visible=False)
+
+        self.save_as_confirm.click(save_as, inputs=[self.save_as_path, *self.inputs],
+                                   outputs=[self.config_status, self.config_path, self.save_as_row])
+
+    def _wire_plan(self) -> None:
+        for event in self.filled_by_tools:
+            self._then_plan(event)
+        gr.on([component.input for component in self.inputs], _plan, inputs=self.inputs,
+              outputs=self.plan, trigger_mode="always_last", show_progress="hidden")
+
+    def _wire_run(self) -> None:
+        def start(*values):
+            return toast_if_error(training.start_training(self.runner, values))
+
+        self.start_button.click(start, inputs=self.inputs, outputs=self.run_status)
+        self.stop_button.click(self.runner.stop, outputs=self.run_status)
+        self.timer.tick(self._poll, inputs=self.seen, show_progress="hidden",
+                        outputs=[self.progress, self.loss_plot, self.gallery, self.files, self.log, self.seen])
+
+    def _poll(self, seen: dict) -> list:
+        """Refresh the run panel from the server's state; unchanged parts are skipped."""
+        state = self.runner.snapshot()
+        if seen.get("version") == state.version:
+            return [gr.skip()] * 6
+        gallery = gr.skip() if seen.get("samples") == len(state.samples) else training.sample_images(state)
+        return [
+            training.progress_html(state), training.loss_frame(state), gallery,
+            training.files_markdown(state), "\n".join(state.messages),
+            {"version": state.version, "samples": len(state.samples)},
+        ]
