@@ -67,6 +67,7 @@ class Trainer:
         config, base, accelerator = self.config, self.base, self.accelerator
         spec = lora_spec(config)
         prepare_base_for_training(base, config, spec.train_text_encoder)
+        torch.manual_seed(config.seed)  # the LoRA's initial weights come from the seed
         self.network = create_lora_network(base, spec)
         self.train_text_encoder = spec.train_text_encoder
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
