@@ -131,3 +131,89 @@ def unet_module_name_to_ldm(diffusers_module_path: str, unet_config: dict) -> st
             return _join(f"middle_block.{2 * int(index)}", _resnet_tail(tail))
         return _join(f"middle_block.{2 * int(index) + 1}", tail)
     raise ValueError(f"'{diffusers_module_path}' is not a module path of a Stable Diffusion UNet")
+
+
+# --- VAE -------------------------------------------------------------------------------------
+
+_VAE_TOP = {"conv_norm_out": "norm_out"}
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+_VAE_BLOCK = re.compile(r"^(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)$")
+_VAE_MID = re.compile(r"^(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.*)$")
+
+
+def _vae_resnet_tail(tail: str) -> str:
+    return tail.replace("conv_shortcut", "nin_shortcut", 1) if tail.startswith("conv_shortcut") else tail
+
+
+def vae_param_name_to_ldm(name: str, vae_config: dict) -> str:
+    """The original-layout name of a diffusers AutoencoderKL parameter (no "first_stage_model." prefix)."""
+    match = _VAE_BLOCK.match(name)
+    if match:
+        part, side, level, kind, index, tail = match.groups()
+        if side == "up_blocks":  # the original decoder counts its levels from the bottom
+            level = str(len(vae_config["up_block_types"]) - 1 - int(level))
+            side = "up"
+        else:
+            side = "down"
+        if kind == "resnets":
+            return f"{part}.{side}.{level}.block.{index}.{_vae_resnet_tail(tail)}"
+        return f"{part}.{side}.{level}.{'downsample' if kind == 'downsamplers' else 'upsample'}.{tail}"
+    match = _VAE_MID.match(name)
+    if match:
+        part, kind, index, tail = match.groups()
+        if kind == "resnets":
+            return f"{part}.mid.block_{int(index) + 1}.{_vae_resnet_tail(tail)}"
+        module, _, param = tail.rpartition(".")
+        return f"{part}.mid.attn_{int(index) + 1}.{_VAE_ATTENTION.get(module, module)}.{param}"
+    part, _, rest = name.partition(".")
+    module, _, param = rest.rpartition(".")
+    if module in _VAE_TOP:
+        return f"{part}.{_VAE_TOP[module]}.{param}"
+    return name
+
+
+def is_vae_attention_projection(ldm_name: str) -> bool:
+    """Whether the original layout stores this VAE weight as a 1x1 convolution (diffusers: linear)."""
+    return ".mid.attn_" in ldm_name and ldm_name.rsplit(".", 2)[-2] in ("q", "k", "v", "proj_out") and ldm_name.endswith(
+        ".weight"
+    )
+
+
+# --- Text encoders ---------------------------------------------------------------------------
+
+# Where each family keeps its text encoders in a single file; "clip" = transformers' CLIP names
+# under the prefix, "open_clip" = OpenCLIP's own names (fused qkv, resblocks).
+TEXT_ENCODER_LAYOUT: dict[str, tuple[tuple[str, str], ...]] = {
+    "sd1": (("clip", "cond_stage_model.transformer."),),
+    "sd2": (("open_clip", "cond_stage_model.model."),),
+    "sdxl": (("clip", "conditioner.embedders.0.transformer."), ("open_clip", "conditioner.embedders.1.model.")),
+}
+
+_OPEN_CLIP_TOP = {
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "text_projection.weight": "text_projection",
+}
+_OPEN_CLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+_CLIP_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.*)\.(weight|bias)$")
+
+
+def open_clip_param_name_to_ldm(name: str) -> str:
+    """The OpenCLIP name of a transformers CLIP parameter; q/k/v projections all map to the fused in_proj."""
+    if name in _OPEN_CLIP_TOP:
+        return _OPEN_CLIP_TOP[name]
+    match = _CLIP_LAYER.match(name)
+    if not match:
+        raise ValueError(f"'{name}' is not a CLIP text encoder parameter")
+    layer, module, param = match.groups()
+    if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+        return f"transformer.resblocks.{layer}.attn.in_proj_{param}"
+    return f"transformer.resblocks.{layer}.{_OPEN_CLIP_LAYER[module]}.{param}"
