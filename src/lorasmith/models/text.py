@@ -42,7 +42,9 @@ def encode_tokens(base: BaseModel, token_ids: list[torch.Tensor], clip_skip: int
     if clip_skip <= 1:
         return TextEmbeddings(context=output.last_hidden_state, pooled=None)
     hidden = output.hidden_states[-clip_skip]
-    return TextEmbeddings(context=encoder.text_model.final_layer_norm(hidden), pooled=None)
+    # transformers 5 flattened CLIPTextModel (no `.text_model`); older releases nest it.
+    final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+    return TextEmbeddings(context=final_norm(hidden), pooled=None)
 
 
 def encode_prompts(base: BaseModel, prompts: list[str], clip_skip: int = 1) -> TextEmbeddings:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
+import os
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -35,15 +37,28 @@ def _byte_symbols() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _vocab_files() -> tuple[str, str]:
+    """vocab.json and merges.txt in a temporary folder named by their content, shared by processes."""
     raw = resources.files("lorasmith.models").joinpath("assets/clip_bpe_merges.txt.gz").read_bytes()
+    folder = Path(tempfile.gettempdir()) / f"lorasmith-clip-{hashlib.sha256(raw).hexdigest()[:16]}"
+    vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
+    if vocab_path.is_file() and merges_path.is_file():
+        return str(vocab_path), str(merges_path)
     merges = gzip.decompress(raw).decode("utf-8").split("\n")[1 : _MERGE_COUNT + 1]
     symbols = _byte_symbols()
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder = Path(tempfile.mkdtemp(prefix="lorasmith-clip-"))
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}), "utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
-    return str(folder / "vocab.json"), str(folder / "merges.txt")
+    folder.mkdir(exist_ok=True)
+    _write_atomically(merges_path, "#version: 0.2\n" + "\n".join(merges) + "\n")
+    _write_atomically(vocab_path, json.dumps({token: i for i, token in enumerate(vocab)}))
+    return str(vocab_path), str(merges_path)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Another process may be writing the same file: write aside, then rename into place."""
+    handle, temp = tempfile.mkstemp(dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temp, path)
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):
