@@ -81,6 +81,7 @@ class Trainer:
         self.model = replace(base, unet=self.modules[0],
                              text_encoders=self.modules[1:] if spec.train_text_encoder else base.text_encoders)
         self.cache = self._cache_latents()
+        self.text_cache = self._cache_text_outputs()
         self.position = self._resume() if config.resume else Position(0, 0, 0)
         files.guard_outputs(self.output_dir, config.output_name, config.overwrite, after_epoch=self.position.epoch)
         self.record = files.RunRecord(str(self.output_dir), config.output_name,
@@ -102,6 +103,34 @@ class Trainer:
                               progress=lambda done, total: self.events(Progress("cache latents", done, total)))
         self.base.vae.to("cpu")  # not needed again while training: give its memory back
         return cache
+
+    def _cache_text_outputs(self) -> dict | None:
+        """Encode each caption once when the text encoders are frozen and captions never change."""
+        config = self.config
+        if not (config.cache_text_encoder_outputs and not self.train_text_encoder
+                and not config.shuffle_caption and config.caption_dropout_rate == 0):
+            return None
+        captions = sorted({sample.item.caption for sample in self.data.samples})
+        cache = {}
+        with torch.no_grad():
+            for start in range(0, len(captions), 16):
+                chunk = captions[start : start + 16]
+                text = encode_tokens(self.model, tokenize(self.model, chunk), config.clip_skip)
+                for index, caption in enumerate(chunk):
+                    pooled = None if text.pooled is None else text.pooled[index]
+                    cache[caption] = (text.context[index], pooled)
+        self.events(Message(f"cached text-encoder outputs of {len(cache)} captions"))
+        return cache
+
+    def _encode_captions(self, captions: list[str]):
+        from lorasmith.models.text import TextEmbeddings
+
+        if self.text_cache is None:
+            with torch.set_grad_enabled(self.train_text_encoder):
+                return encode_tokens(self.model, tokenize(self.model, captions), self.config.clip_skip)
+        entries = [self.text_cache[c] for c in captions]
+        pooled = None if entries[0][1] is None else torch.stack([p for _, p in entries])
+        return TextEmbeddings(torch.stack([c for c, _ in entries]), pooled)
 
     def _resume(self) -> Position:
         tensors, optim, position, _ = load_state(self.config.resume)
@@ -173,8 +202,7 @@ class Trainer:
                           torch.Generator().manual_seed(seed), config.noise_offset)
         with accelerator.accumulate(*self.modules):
             with accelerator.autocast():
-                with torch.set_grad_enabled(self.train_text_encoder):
-                    text = encode_tokens(model, tokenize(model, tensors.captions), config.clip_skip)
+                text = self._encode_captions(tensors.captions)
                 loss = denoising_loss(model, latents, text.context, draw, text.pooled, tensors.time_ids,
                                       tensors.weights, config.min_snr_gamma)
             if not torch.isfinite(loss):
