@@ -7,9 +7,12 @@ missing one is a readable line too, never an import error at start-up.
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from lorasmith.errors import ToolError
+from lorasmith.errors import LorasmithError, ToolError
+from lorasmith.events import FileWritten, Message, Progress
 
 ERROR_MARK = "⚠️ "
 
@@ -40,3 +43,36 @@ def api_function(name: str) -> Callable:
     if function is None:
         raise ToolError(f"this lorasmith build has no '{name}' tool yet; update lorasmith to use it")
     return function
+
+
+@dataclass
+class ToolOutcome:
+    """What a tool call gave back: its result (None when it failed), a status line, files written."""
+
+    result: Any
+    status: str
+    files: list = field(default_factory=list)
+
+
+def run_tool(name: str, *args, progress: Callable | None = None, **kwargs) -> ToolOutcome:
+    """Call `lorasmith.api.<name>`; its messages become the status, its Progress drives `progress`
+    (a `gr.Progress`), a LorasmithError becomes one readable line."""
+    messages: list[str] = []
+    files: list[str] = []
+
+    def sink(event) -> None:
+        if isinstance(event, Progress) and progress is not None and event.total:
+            progress((event.done, event.total), desc=event.task)
+        elif isinstance(event, Message):
+            messages.append(("warning: " if event.level == "warning" else "") + event.text)
+        elif isinstance(event, FileWritten):
+            files.append(event.path)
+
+    try:
+        function = api_function(name)
+        if "events" in inspect.signature(function).parameters:
+            kwargs["events"] = sink
+        result = function(*args, **kwargs)
+    except LorasmithError as error:
+        return ToolOutcome(None, toast_if_error(error_line(error)), files)
+    return ToolOutcome(result, "  \n".join(messages[-12:]) or "Done.", files)

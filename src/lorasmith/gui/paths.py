@@ -17,16 +17,17 @@ def chosen_path(selection: str | list | None) -> str | None:
     return selection or None
 
 
-def path_chooser(fields: dict, root: str, section: str):
+def path_chooser(fields: dict, root: str, section: str, labels: dict | None = None):
     """A collapsed 'Browse' panel that fills one of `fields` (key -> Textbox) with a chosen path.
 
+    `labels` names the fields in the 'Put it in' list (default: the form's labels of the keys).
     Returns the click event, for the caller to chain what follows a change (the step plan).
     """
     import gradio as gr
 
-    labels = {w.key: w.label for w in form.FORM}
+    labels = labels or {w.key: w.label for w in form.FORM}
     keys = list(fields)
-    with gr.Accordion(f"Browse for a {section} path (on this computer)", open=False):
+    with gr.Accordion(f"Browse this computer for the {section}", open=False):
         explorer = gr.FileExplorer(root_dir=root, file_count="single", glob="**/*",
                                    label=f"Files and folders under {root}", max_height=320)
         with gr.Row():

@@ -78,9 +78,11 @@ def apply_preset(name: str, values: Sequence) -> FormAnswer:
 
 
 def load_demo(output_dir: str) -> FormAnswer:
-    """The embedded tiny model and bundled dataset, ready to Start."""
+    """The embedded tiny model and bundled dataset, ready to Start; an earlier demo run is replaced."""
     try:
         config = api_function("demo_config")(output_dir)
+        if api_function("is_previous_demo")(config):
+            config = with_values(config, {"overwrite": True})
     except LorasmithError as error:
         return FormAnswer(error_line(error))
     return FormAnswer(f"Demo loaded: a tiny model and the bundled dataset, writing to {config.output_dir}. "
@@ -116,14 +118,6 @@ def start_training(runner: TrainingRunner, values: Sequence) -> str:
     except LorasmithError as error:
         return error_line(error)
     return "  \n".join(["Training started."] + [f"warning: {w}" for w in warnings])
-
-
-def demo_output_dir(root: Path) -> str:
-    """A fresh folder per demo run, so a second demo never meets the first one's files."""
-    index = 1
-    while (root / f"run{index:03d}").exists():
-        index += 1
-    return str(root / f"run{index:03d}")
 
 
 # ---- the run panel ------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ class TrainingTab:
             self.fields.update(form.build_group("folders", defaults))
             self.filled_by_tools.append(path_chooser(
                 {k: self.fields[k] for k in ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")},
-                self.browse_root, "folder"))
+                self.browse_root, "folders"))
         with gr.Tab("Parameters", id="parameters"):
             for group, is_open in (("basic", True), ("advanced", False), ("samples", False)):
                 with gr.Accordion(form.GROUP_TITLES[group], open=is_open):
@@ -130,7 +130,7 @@ class TrainingTab:
         self._fill(training.open_config, [self.config_path], self.open_button.click)
         self._fill(lambda name, *values: training.apply_preset(name, values), [self.preset, *self.inputs],
                    self.preset.input)
-        self._fill(lambda: training.load_demo(training.demo_output_dir(self.demo_root)), [],
+        self._fill(lambda: training.load_demo(str(self.demo_root)), [],
                    self.demo_button.click)
 
         def save(path, *values):

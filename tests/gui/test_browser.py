@@ -1,0 +1,91 @@
+"""The issue's acceptance, driven in real headless Chromium: the page, presets, save, bad input,
+the demo run from Start to its LoRA file, and the Utilities and Testing tabs."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.gui.conftest import screenshot
+
+pytestmark = pytest.mark.browser
+
+
+def _open_section(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def _field(page, key: str):
+    """The input of the widget for configuration key `key` (form.FieldWidget.elem_id)."""
+    return page.locator(f"#cfg-{key} input, #cfg-{key} textarea").first
+
+
+def _type(page, key: str, text: str) -> None:
+    field = _field(page, key)
+    field.fill(text)
+    field.press("Tab")
+
+
+def test_preset_rank_and_save_write_the_file(page, gui_dirs):
+    page.locator("#preset input").click()
+    page.get_by_role("option", name=re.compile("Medium VRAM")).click()
+    expect(page.locator("#config-status")).to_contain_text("Preset applied: Medium VRAM")
+    _open_section(page, "Parameters")
+    expect(_field(page, "optimizer_type")).to_have_value("AdamW8bit")
+    _type(page, "network_dim", "48")
+    screenshot(page, "training-parameters")
+
+    target = gui_dirs["root"] / "configs" / "mychar.toml"
+    page.locator("#config-path textarea, #config-path input").first.fill(str(target))
+    page.locator("#config-save").click()
+    expect(page.locator("#config-status")).to_contain_text(f"Saved {target}")
+    saved = tomllib.loads(target.read_text(encoding="utf-8"))
+    assert saved["network_dim"] == 48
+    assert saved["optimizer_type"] == "AdamW8bit" and saved["gradient_checkpointing"] is True
+
+    for section in ("Source model", "Folders", "Dataset preparation"):
+        _open_section(page, section)
+        screenshot(page, "training-" + section.lower().replace(" ", "-"))
+
+
+def test_bad_folder_and_rank_zero_show_a_readable_message(page, gui_dirs, make_dataset):
+    plan = page.locator("#step-plan")
+    _open_section(page, "Folders")
+    _type(page, "train_data_dir", str(gui_dirs["root"] / "no-such-folder"))
+    expect(plan).to_contain_text("train_data_dir")
+    expect(plan).to_contain_text("does not exist")
+
+    _type(page, "train_data_dir", str(make_dataset({"10_mychar": 3})))
+    expect(plan).to_contain_text("Total steps: 300")  # 3 images x 10 repeats x 10 epochs, batch 1
+    _open_section(page, "Parameters")
+    _type(page, "network_dim", "0")
+    expect(plan).to_contain_text("network_dim must be at least 1, got 0")
+
+    page.locator("#start-training").click()
+    expect(page.locator("#run-status")).to_contain_text("network_dim must be at least 1")
+    screenshot(page, "training-bad-input")
+    assert "Traceback" not in page.content()
+
+
+def test_the_demo_trains_from_the_page_and_survives_a_reload(page):
+    page.locator("#load-demo").click()
+    expect(page.locator("#config-status")).to_contain_text("Demo loaded", timeout=30_000)
+    page.locator("#start-training").click()
+    expect(page.locator("#run-status")).to_contain_text("Training started")
+    page.locator("#start-training").click()  # a second start while the first runs
+    expect(page.locator("#run-status")).to_contain_text("already going")
+
+    page.reload()  # the run belongs to the server, not to the page
+    expect(page.locator("#run-progress")).to_contain_text("Training finished", timeout=150_000)
+    expect(page.locator("#run-files")).to_contain_text(".safetensors")
+    screenshot(page, "training-demo-finished")
+
+
+@pytest.mark.parametrize("tab", ["Utilities", "Testing"])
+def test_the_other_tabs_open(page, tab):
+    page.get_by_role("tab", name=tab, exact=True).click()
+    expect(page.get_by_role("tab", name="Training")).to_be_hidden()
+    screenshot(page, tab.lower())
