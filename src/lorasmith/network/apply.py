@@ -1,0 +1,94 @@
+"""Merge kohya LoRA files into a base model's weights, each at its own weight, and undo it exactly.
+
+For every module: W += weight * (alpha / rank) * (up @ down), with the delta of a 1x1
+convolution computed on the squeezed matrices and that of a 3x3 convolution as the
+composition of the two convolutions (down's kernel followed by up's 1x1), as sd-scripts does.
+The merge is computed in float32 and cast back to the weight's dtype. Only touched weights
+are copied, so `restore()` puts back the very same bits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorasmith.errors import ModelError
+from lorasmith.models.base import BaseModel
+from lorasmith.network.files import load_lora_file
+from lorasmith.network.kohya_keys import key_table, resolve_module
+from lorasmith.network.kohya_tensors import LoraModuleTensors, group_lora_tensors
+
+
+@dataclass
+class AppliedLoras:
+    """LoRAs merged into a base model; `restore()` gives the original weights back, bit for bit."""
+
+    base: BaseModel
+    originals: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key -> (weight param, copy)
+    modules_touched: int = 0
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for weight, original in self.originals.values():
+                weight.copy_(original)
+        self.originals.clear()
+
+
+def lora_delta(lora: LoraModuleTensors, shape: tuple[int, ...]) -> Any:
+    """(alpha / rank) * up @ down in float32, shaped like a weight of `shape`."""
+    import torch
+
+    down, up = lora.down.float(), lora.up.float()
+    if down.dim() == 2:
+        delta = up @ down
+    elif tuple(down.shape[2:]) == (1, 1):
+        delta = (up.flatten(1) @ down.flatten(1))[:, :, None, None]
+    else:
+        delta = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+    return delta.reshape(shape) * lora.scale
+
+
+def delta_shape(lora: LoraModuleTensors) -> tuple[int, ...]:
+    """The shape of the weight a LoRA module adds to: [out, in] or [out, in, kh, kw]."""
+    return (int(lora.up.shape[0]), int(lora.down.shape[1]), *(int(d) for d in lora.down.shape[2:]))
+
+
+def apply_loras(base: BaseModel, loras: list[tuple[str | os.PathLike | dict[str, Any], float]]) -> AppliedLoras:
+    """Merge each (file or kohya tensors, weight) into `base`'s weights, in order."""
+    import torch
+
+    table = key_table(base)
+    grouped = [group_lora_tensors(_tensors(source)) for source, _ in loras]
+    for modules in grouped:  # check everything before touching a weight
+        _check_fits(base, table, modules)
+    applied = AppliedLoras(base)
+    with torch.no_grad():
+        for modules, (_, weight) in zip(grouped, loras):
+            for name, lora in modules.items():
+                param = resolve_module(base, table[name]).weight
+                delta = lora_delta(lora, tuple(param.shape))
+                if name not in applied.originals:
+                    applied.originals[name] = (param, param.detach().clone())
+                param.copy_((param.float() + float(weight) * delta.to(param.device)).to(param.dtype))
+        applied.modules_touched = len(applied.originals)
+    return applied
+
+
+def _check_fits(base: BaseModel, table: dict, modules: dict[str, LoraModuleTensors]) -> None:
+    for name, lora in modules.items():
+        if name not in table:
+            raise ModelError(f"LoRA module '{name}' matches no layer of this {base.family.title} model; "
+                             "is the LoRA for another model family?")
+        shape = tuple(resolve_module(base, table[name]).weight.shape)
+        if delta_shape(lora) != shape:
+            raise ModelError(f"LoRA module '{name}' has the shape {list(delta_shape(lora))} but the model's layer is "
+                             f"{list(shape)}; is the LoRA for another model family?")
+
+
+def _tensors(source: Any) -> dict[str, Any]:
+    if isinstance(source, dict):
+        return source
+    return load_lora_file(source)[0]
