@@ -51,7 +51,7 @@ def test_preset_rank_and_save_write_the_file(page, gui_dirs):
         screenshot(page, "training-" + section.lower().replace(" ", "-"))
 
 
-def test_bad_folder_and_rank_zero_show_a_readable_message(page, gui_dirs, make_dataset):
+def test_live_plan_and_bad_input_show_readable_messages(page, gui_dirs, make_dataset):
     plan = page.locator("#step-plan")
     _open_section(page, "Folders")
     _type(page, "train_data_dir", str(gui_dirs["root"] / "no-such-folder"))
@@ -61,6 +61,8 @@ def test_bad_folder_and_rank_zero_show_a_readable_message(page, gui_dirs, make_d
     _type(page, "train_data_dir", str(make_dataset({"10_mychar": 3})))
     expect(plan).to_contain_text("Total steps: 300")  # 3 images x 10 repeats x 10 epochs, batch 1
     _open_section(page, "Parameters")
+    _type(page, "max_train_epochs", "5")
+    expect(plan).to_contain_text("Total steps: 150")  # the plan follows the parameters live
     _type(page, "network_dim", "0")
     expect(plan).to_contain_text("network_dim must be at least 1, got 0")
 

@@ -130,13 +130,15 @@ class TrainingTab:
         self._fill(training.open_config, [self.config_path], self.open_button.click)
         self._fill(lambda name, *values: training.apply_preset(name, values), [self.preset, *self.inputs],
                    self.preset.input)
-        self._fill(lambda: training.load_demo(str(self.demo_root)), [],
-                   self.demo_button.click)
+        self._fill(lambda: training.load_demo(str(self.demo_root)), [], self.demo_button.click)
 
         def save(path, *values):
-            return _form_outputs(training.save_config(path, values))[0]
+            if not (path or "").strip():  # nothing opened yet: Save works as Save as
+                return "Choose a file name to save to.", gr.Row(visible=True)
+            return toast_if_error(training.save_config(path, values).status), gr.skip()
 
-        self.save_button.click(save, inputs=[self.config_path, *self.inputs], outputs=self.config_status)
+        self.save_button.click(save, inputs=[self.config_path, *self.inputs],
+                               outputs=[self.config_status, self.save_as_row])
         self.save_as_button.click(lambda path: (gr.Row(visible=True), path), inputs=self.config_path,
                                   outputs=[self.save_as_row, self.save_as_path])
         self.save_as_cancel.click(lambda: gr.Row(visible=False), outputs=self.save_as_row)
