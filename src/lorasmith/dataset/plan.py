@@ -105,6 +105,14 @@ def rules_of_thumb(config: TrainConfig, image_count: int) -> list[str]:
     return advice
 
 
+def epochs_and_steps(steps_per_epoch: int, max_epochs: int, max_steps: int) -> tuple[int, int]:
+    """Epochs decide, capped by max_train_steps; with epochs 0, the steps decide (as sd-scripts)."""
+    if max_epochs > 0:
+        total = steps_per_epoch * max_epochs
+        return max_epochs, min(total, max_steps) if max_steps > 0 else total
+    return math.ceil(max_steps / max(steps_per_epoch, 1)), max_steps
+
+
 def plan_steps(config: TrainConfig, train: Dataset, reg: Dataset | None = None,
                sizes: dict[Path, tuple[int, int]] | None = None) -> StepPlan:
     datasets = [train] + ([reg] if reg else [])
@@ -114,9 +122,7 @@ def plan_steps(config: TrainConfig, train: Dataset, reg: Dataset | None = None,
     batch, accum = config.train_batch_size, config.gradient_accumulation_steps
     batches = count_batches(samples, bucket_of, batch)
     steps_per_epoch = math.ceil(batches / accum)
-    total = steps_per_epoch * config.max_train_epochs
-    if config.max_train_steps > 0:
-        total = min(total, config.max_train_steps) if config.max_train_epochs > 0 else config.max_train_steps
+    epochs, total = epochs_and_steps(steps_per_epoch, config.max_train_epochs, config.max_train_steps)
     reg_factor = 2 if reg else 1
     gui_steps = math.ceil(train.samples_per_epoch / batch / accum * config.max_train_epochs * reg_factor)
     folders = [FolderLine(s.folder.name, len(s.images), s.repeats, d.is_reg) for d in datasets for s in d.subsets]
@@ -125,7 +131,7 @@ def plan_steps(config: TrainConfig, train: Dataset, reg: Dataset | None = None,
         bucket_counts[bucket_of[path]] = bucket_counts.get(bucket_of[path], 0) + 1
     return StepPlan(
         folders=folders, samples_per_epoch=len(samples), batches_per_epoch=batches,
-        steps_per_epoch=steps_per_epoch, epochs=config.max_train_epochs, batch_size=batch,
+        steps_per_epoch=steps_per_epoch, epochs=epochs, batch_size=batch,
         gradient_accumulation_steps=accum, total_steps=total, gui_arithmetic_steps=gui_steps,
         advice=rules_of_thumb(config, train.image_count), bucket_counts=bucket_counts,
     )

@@ -21,6 +21,7 @@ import torch
 from lorasmith.config.schema import TrainConfig, to_dict
 from lorasmith.dataset.batches import make_batches
 from lorasmith.dataset.captions import tag_frequency
+from lorasmith.dataset.plan import epochs_and_steps
 from lorasmith.errors import TrainingError
 from lorasmith.events import EventSink, FileWritten, Message, Progress, ignore_events
 from lorasmith.models.text import encode_tokens, tokenize
@@ -72,7 +73,7 @@ class Trainer:
         self.train_text_encoder = spec.train_text_encoder
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
         optimizer = build_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
-        self.total_steps = self.data.plan.total_steps
+        self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps,
                                          self.total_steps, config.lr_scheduler_num_cycles)
         modules = [base.unet] + (list(base.text_encoders) if spec.train_text_encoder else [])
@@ -91,6 +92,18 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.record.write()
             accelerator.init_trackers(config.output_name)
+
+    def _total_steps(self) -> int:
+        """The plan's steps; with N processes each makes 1/N of every epoch's batches."""
+        plan, world = self.data.plan, self.accelerator.num_processes
+        self.epochs = plan.epochs
+        if world == 1:
+            return plan.total_steps
+        per_epoch = math.ceil(math.ceil(plan.batches_per_epoch / world) / plan.gradient_accumulation_steps)
+        epochs, total = epochs_and_steps(per_epoch, self.config.max_train_epochs, self.config.max_train_steps)
+        self.epochs = epochs
+        self.events(Message(f"{world} processes: {per_epoch} steps per epoch each, {total} in all"))
+        return total
 
     def _cache_latents(self):
         if not self.config.cache_latents:
@@ -146,9 +159,9 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         step, losses = self.position.step, deque(maxlen=50)
         rules = CaptionRules(config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate)
-        self.events(Message(f"training {self.total_steps} steps over {self.data.plan.epochs} epochs"))
+        self.events(Message(f"training {self.total_steps} steps over {self.epochs} epochs"))
         try:
-            for epoch in range(self.position.epoch, self.data.plan.epochs):
+            for epoch in range(self.position.epoch, self.epochs):
                 batches = self._epoch_batches(epoch)
                 start = self.position.batch_in_epoch if epoch == self.position.epoch else 0
                 for index in range(start, len(batches)):
@@ -242,7 +255,7 @@ class Trainer:
 
     def _end_of_epoch(self, epoch: int, step: int) -> None:
         config = self.config
-        last = epoch == self.data.plan.epochs
+        last = epoch == self.epochs
         if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last:
             self._save_lora(files.epoch_file(self.output_dir, config.output_name, epoch), epoch, step, "epoch")
             if config.save_state:
