@@ -66,3 +66,12 @@ def test_failures_become_one_readable_line(tmp_path, job, expected):
 
 def test_stop_without_a_run_says_so():
     assert TrainingRunner().stop() == "No training is running."
+
+
+def test_shutdown_lets_a_running_trainer_save_and_end(tmp_path):
+    runner = TrainingRunner(job=fake_jobs.until_stopped)
+    runner.start(_config(tmp_path))
+    _wait_for(runner, lambda s: s.done > 0)
+    runner.shutdown(timeout=30)
+    state = _wait_for(runner, lambda s: not s.active)
+    assert state.status == "stopped" and state.files[-1][0] == "lora"

@@ -38,11 +38,15 @@ def _gui(args: argparse.Namespace, extra: list[str]) -> int:
     # This shell (not the library) decides that the GUI sends no usage statistics.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from lorasmith.gui.app import build_app, launch
+    from lorasmith.gui.runner import TrainingRunner
 
     host = "0.0.0.0" if args.listen else "127.0.0.1"
+    runner = TrainingRunner()
     try:
-        launch(build_app(browse_root=args.browse_root), host=host, port=args.port, auth=auth,
+        launch(build_app(runner, browse_root=args.browse_root), host=host, port=args.port, auth=auth,
                inbrowser=args.inbrowser)
     except OSError as error:
         raise ConfigError(f"cannot serve on {host}:{args.port} ({error}); try another --port") from None
+    finally:
+        runner.shutdown()  # a run still going saves its LoRA before the GUI exits
     return 0

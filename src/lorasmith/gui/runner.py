@@ -62,6 +62,8 @@ def _worker_main(job: Callable, config: TrainConfig, out, stop) -> None:
         job(config, out.put, stop)
     except LorasmithError as error:
         out.put(("error", str(error)))
+    except KeyboardInterrupt:  # Ctrl-C in the GUI's terminal reaches this process too
+        out.put(("error", "interrupted from the terminal"))
     except BaseException as error:  # a bug: the page gets one line, the terminal the traceback
         traceback.print_exc()
         out.put(("error", f"training crashed ({type(error).__name__}: {error}); the terminal shows the details"))
@@ -114,6 +116,12 @@ class TrainingRunner:
             state = self._state
             return dataclasses.replace(state, losses=list(state.losses), samples=list(state.samples),
                                        files=list(state.files), messages=list(state.messages))
+
+    def shutdown(self, timeout: float = 120.0) -> None:
+        """When the GUI exits: ask a running trainer to save and end, and give it `timeout` seconds."""
+        if self._stop is not None and self._state.active:
+            self._stop.set()
+        self.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker process has ended (tests, shutdown); True when it has."""
