@@ -1,0 +1,226 @@
+"""Load a base model offline: single .safetensors files, diffusers folders and (if allowed) pickles.
+
+Memory: modules are built on the meta device (no random initialisation), tensors are read one
+at a time, cast to the target dtype and assigned into the modules (`load_state_dict(assign=True)`),
+so peak memory stays about one copy of the model in the target dtype. Nothing is fetched from a
+model hub: architectures come from the file's own `lorasmith.configs` metadata, the folder's
+configs, or the configs that ship with lorasmith.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorasmith.errors import ModelError
+from lorasmith.models import convert
+from lorasmith.models.base import BaseModel
+from lorasmith.models.configs import shipped_config
+from lorasmith.models.detect import PICKLE_SUFFIXES, detect_family, family_from_tensors
+from lorasmith.models.families import FAMILIES, Family
+from lorasmith.models.tensor_files import CastingDict, SafetensorsFile, file_sha256, legacy_hash, load_pickle, refuse_pickle
+from lorasmith.models.tiny import noise_scheduler_config
+from lorasmith.models.tokenizer import clip_tokenizer
+
+TEXT_ENCODER_PARTS = ("text_encoder", "text_encoder_2")
+
+
+def load_base_model(
+    path: str,
+    *,
+    family: str = "auto",
+    v_parameterization: bool = False,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> BaseModel:
+    """Load the SD1/SD2/SDXL checkpoint at `path`; `family` other than "auto" overrides detection.
+
+    v-prediction is on if `v_parameterization` is set or the checkpoint says so.
+    """
+    source = Path(path)
+    if family != "auto" and family not in FAMILIES:
+        raise ModelError(f"unknown model family '{family}'; use auto, {', '.join(FAMILIES)}")
+    if not source.exists():
+        raise ModelError(f"base model not found: {source}; check the path (pretrained_model_name_or_path)")
+    if source.is_dir():
+        base = _load_diffusers_folder(source, family, v_parameterization, allow_pickle, dtype)
+    elif source.suffix.lower() == ".safetensors":
+        with SafetensorsFile(source, dtype) as checkpoint:
+            detected, details = family_from_tensors(checkpoint.shapes(), checkpoint.metadata(), source.name)
+            base = _from_checkpoint(checkpoint, source, family, detected, details, v_parameterization)
+    elif source.suffix.lower() in PICKLE_SUFFIXES:
+        tensors = load_pickle(source, allow_pickle)
+        detected, details = family_from_tensors({k: tuple(v.shape) for k, v in tensors.items()}, {}, source.name)
+        base = _from_checkpoint(CastingDict(tensors, dtype), source, family, detected, details, v_parameterization)
+        del tensors
+    else:
+        raise ModelError(f"{source.name}: unknown model file type; give a .safetensors or .ckpt file or a diffusers folder")
+    _to_device(base, device)
+    return base
+
+
+def model_hashes(path: str | Path) -> dict[str, str]:
+    """A1111's hashes of a checkpoint file: the legacy 8-hex one and the full sha256 (reads the whole file)."""
+    return {"sd_model_hash": legacy_hash(path), "new_sd_model_hash": file_sha256(path)}
+
+
+# --- single files ----------------------------------------------------------------------------
+
+
+def _from_checkpoint(
+    checkpoint: Mapping, source: Path, family: str, detected: str, details: dict, v_parameterization: bool
+) -> BaseModel:
+    fam = FAMILIES[detected if family == "auto" else family]
+    if details["configs"] and fam.name == detected:
+        configs = details["configs"]
+    else:  # a real checkpoint, or an override of the detected family
+        configs = _shipped_configs(fam.name, details)
+    where = f"{source.name} ({fam.title})"
+    unet = _materialize(
+        lambda: _diffusers_model("UNet2DConditionModel", configs["unet"]),
+        lambda model: convert.unet_from_ldm(checkpoint, configs["unet"]), "UNet", where,
+    )
+    vae = _materialize(
+        lambda: _diffusers_model("AutoencoderKL", configs["vae"]),
+        lambda model: convert.vae_from_ldm(checkpoint, configs["vae"]), "VAE", where,
+    )
+    encoders = []
+    for index, part in enumerate(TEXT_ENCODER_PARTS[: len(fam.pad_tokens)]):
+        encoders.append(_materialize(
+            lambda part=part, index=index: _text_model(configs[part], index),
+            lambda model, index=index: convert.text_encoder_model_keys(
+                model, convert.text_encoder_from_ldm(checkpoint, fam.name, index, model)),
+            f"text encoder {index + 1}", where,
+        ))
+    v_prediction = bool(v_parameterization or details.get("v_prediction"))
+    return _assemble(fam, v_prediction, unet, vae, encoders, [clip_tokenizer(p) for p in fam.pad_tokens], source,
+                     {"layout": "single_file", "sd_model_hash": legacy_hash(source)})
+
+
+def _shipped_configs(family: str, details: dict) -> dict:
+    configs = {part: shipped_config(family, part) for part in ("unet", "vae", *TEXT_ENCODER_PARTS[:1])}
+    if family == "sdxl":
+        configs["text_encoder_2"] = shipped_config(family, "text_encoder_2")
+    if details.get("in_channels"):  # inpainting models take 9 channels
+        configs["unet"]["in_channels"] = details["in_channels"]
+    return configs
+
+
+def _materialize(build: Callable[[], Any], convert_state: Callable[[Any], dict], part: str, where: str) -> Any:
+    """Build a module on the meta device, then assign it the converted tensors (no second copy)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = build()
+    expected = model.state_dict()
+    try:
+        state = convert_state(model)
+    except (KeyError, IndexError, RuntimeError, ValueError) as error:
+        raise ModelError(f"the {part} tensors of {where} do not fit its architecture ({error}); check --family") from None
+    state = {k: v for k, v in state.items() if k in expected}  # drop extras such as position_ids
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ModelError(
+            f"{where} lacks {len(missing)} {part} tensors (e.g. {missing[0]}); give a complete checkpoint or check --family"
+        )
+    wrong = [k for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise ModelError(
+            f"the {part} of {where} has other shapes than expected ({wrong[0]}: {tuple(state[wrong[0]].shape)} "
+            f"vs {tuple(expected[wrong[0]].shape)}); check --family"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def _diffusers_model(class_name: str, config: dict) -> Any:
+    import diffusers
+
+    return getattr(diffusers, class_name).from_config(config)
+
+
+def _text_model(config: dict, index: int) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    text_config = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    return (CLIPTextModelWithProjection if index == 1 else CLIPTextModel)(text_config)
+
+
+def _assemble(fam: Family, v_prediction: bool, unet, vae, encoders, tokenizers, source: Path, info: dict) -> BaseModel:
+    from diffusers import DDPMScheduler
+
+    return BaseModel(
+        family=fam, v_prediction=v_prediction, unet=unet, vae=vae, text_encoders=encoders, tokenizers=tokenizers,
+        noise_scheduler=DDPMScheduler(**noise_scheduler_config(v_prediction)),
+        name=source.stem if source.is_file() else source.name, source=str(source), info=info,
+    )
+
+
+def _to_device(base: BaseModel, device: str | torch.device) -> None:
+    if torch.device(device).type == "cpu":
+        return
+    for module in (base.unet, base.vae, *base.text_encoders):
+        module.to(device)
+
+
+# --- diffusers folders -----------------------------------------------------------------------
+
+
+def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, allow_pickle: bool, dtype) -> BaseModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    detected, details = detect_family(source)
+    fam = FAMILIES[detected if family == "auto" else family]
+    parts = ("unet", "vae", *TEXT_ENCODER_PARTS[: len(fam.pad_tokens)])
+    for part in parts:
+        if not (source / part).is_dir():
+            raise ModelError(f"{source} has no {part}/ folder, which a {fam.title} model needs; give a complete model")
+    options = {part: _weight_options(source / part, allow_pickle) for part in parts}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=dtype, local_files_only=True,
+                                                    **options["unet"])
+        vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, local_files_only=True, **options["vae"])
+        encoders = [_pretrained_text_model(source / part, index, dtype, options[part])
+                    for index, part in enumerate(parts[2:])]
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelError(f"cannot load the diffusers model in {source} ({error}); check that the folder is complete")
+    tokenizers = [_folder_tokenizer(source, index, pad) for index, pad in enumerate(fam.pad_tokens)]
+    v_prediction = bool(v_parameterization or details.get("v_prediction"))
+    modules = [m.eval() for m in (unet, vae, *encoders)]
+    return _assemble(fam, v_prediction, modules[0], modules[1], modules[2:], tokenizers, source,
+                     {"layout": "diffusers", "sd_model_hash": None})
+
+
+def _weight_options(folder: Path, allow_pickle: bool) -> dict:
+    """from_pretrained options for the weights present: safetensors, an fp16 variant, or (if allowed) pickles."""
+    names = [p.name for p in folder.iterdir()]
+    safetensors = [n for n in names if n.endswith(".safetensors")]
+    if safetensors:
+        plain = [n for n in safetensors if n.count(".") == 1]
+        return {"use_safetensors": True} if plain else {"use_safetensors": True, "variant": safetensors[0].split(".")[-2]}
+    if any(n.endswith(".bin") for n in names):
+        refuse_pickle(folder, allow_pickle)
+        return {"use_safetensors": False}
+    raise ModelError(f"{folder} holds no weights (.safetensors); download the model again")
+
+
+def _pretrained_text_model(folder: Path, index: int, dtype, options: dict) -> Any:
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if index == 1 else CLIPTextModel
+    variant = {"variant": options["variant"]} if "variant" in options else {}
+    return cls.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                               use_safetensors=options["use_safetensors"], **variant)
+
+
+def _folder_tokenizer(source: Path, index: int, pad: str) -> Any:
+    folder = source / ("tokenizer" if index == 0 else "tokenizer_2")
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    return clip_tokenizer(pad)

@@ -1,0 +1,192 @@
+"""Reading and writing checkpoint files without holding a second copy of the model.
+
+- `SafetensorsFile` opens a .safetensors file, exposes its names, shapes and metadata from the
+  header alone, and reads tensors one at a time (with `pread`, not a memory map, so pages of the
+  file do not stay resident after their tensor has been cast to the target dtype).
+- `load_pickle` reads .ckpt/.pt files, weights-only first (a pickle can run code).
+- `write_safetensors` streams tensors to disk one by one, casting each on the way: safetensors'
+  own `save_file` needs every tensor in memory at once, in the saved dtype.
+- `legacy_hash` / `file_sha256`: the hashes AUTOMATIC1111 shows for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from lorasmith.errors import ModelError
+
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Floating-point tensors in `dtype`; integer tensors (ids, markers) as they are."""
+    if dtype is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)
+
+
+class SafetensorsFile(Mapping):
+    """A lazy, read-only mapping name -> tensor over a .safetensors file, cast to `dtype` on access.
+
+    Use it as a context manager; the file stays open until `close()`.
+    """
+
+    def __init__(self, path: str | Path, dtype: torch.dtype | None = None):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = Path(path)
+        self.dtype = dtype
+        try:
+            self._handle = safe_open(str(self.path), framework="pt", backend="pread")
+        except SafetensorError as error:
+            raise ModelError(
+                f"{self.path} is not a readable .safetensors file ({error}); download it again, it may be truncated"
+            ) from None
+        self._keys = list(self._handle.keys())
+        self._key_set = set(self._keys)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._handle.metadata() or {})
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(self._handle.get_slice(k).get_shape()) for k in self._keys}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return _cast(self._handle.get_tensor(key), self.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+    def close(self) -> None:
+        self._handle = None
+
+    def __enter__(self) -> SafetensorsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class CastingDict(Mapping):
+    """A mapping over an in-memory state dict that casts each tensor to `dtype` when asked for it."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None):
+        self._tensors = tensors
+        self.dtype = dtype
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return _cast(self._tensors[key], self.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tensors
+
+
+def load_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """The state dict in a .ckpt/.pt file; refuses unless `allow_pickle` (a pickle can run code)."""
+    refuse_pickle(path, allow_pickle)
+    import pickle
+
+    try:
+        data = _torch_load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        # Old checkpoints pickle training state (callbacks, optimizer classes) next to the
+        # weights; the user has allowed pickles, so read them in full.
+        data = _torch_load(path, weights_only=False)
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ModelError(f"cannot read {path} ({error}); download it again, it may be truncated") from None
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        data = data["state_dict"]
+    if not isinstance(data, Mapping):
+        raise ModelError(f"{path} does not hold a state dict; give a Stable Diffusion checkpoint")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def refuse_pickle(path: Path, allow_pickle: bool) -> None:
+    """Raise the one-line refusal for a pickle unless the user allowed pickles."""
+    if not allow_pickle:
+        raise ModelError(
+            f"{path.name} is a pickle, and loading a pickle can run any code it contains; "
+            "convert it to .safetensors, or pass --allow_pickle if you trust its source"
+        )
+
+
+def _torch_load(path: Path, weights_only: bool):
+    try:  # mmap keeps only one copy of the weights in memory (zip-format files only)
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def write_safetensors(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write `tensors` as a .safetensors file, casting floating-point ones to `dtype` one at a time.
+
+    Tensors are laid out largest element size first (then by name) so every tensor stays aligned
+    to its element size, as safetensors itself does.
+    """
+    entries = []
+    for name, tensor in tensors.items():
+        out_dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        entries.append((name, tuple(tensor.shape), out_dtype))
+    entries.sort(key=lambda e: (-torch.empty((), dtype=e[2]).element_size(), e[0]))
+    header: dict[str, object] = {}
+    offset = 0
+    for name, shape, out_dtype in entries:
+        size = torch.Size(shape).numel() * torch.empty((), dtype=out_dtype).element_size()
+        header[name] = {"dtype": _DTYPE_NAMES[out_dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-(8 + len(encoded)) % 8)
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for name, _, out_dtype in entries:
+            data = tensors[name].detach().to("cpu", out_dtype).contiguous()
+            file.write(data.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def legacy_hash(path: str | Path) -> str:
+    """AUTOMATIC1111's old model hash: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits."""
+    with open(path, "rb") as file:
+        file.seek(0x100000)
+        return hashlib.sha256(file.read(0x10000)).hexdigest()[:8]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
