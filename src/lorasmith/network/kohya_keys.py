@@ -6,7 +6,8 @@ sd-scripts names each LoRA module `<prefix>_<path with '.' replaced by '_'>`:
   diffusers-named UNet), but the original ("LDM"/sgm) path for SDXL, whose UNet sd-scripts
   rebuilt in the original layout (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`).
 - Text encoders: `lora_te_` (SD1.x/SD2.x) or `lora_te1_` / `lora_te2_` (SDXL) + the path
-  inside the transformers CLIP model (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`).
+  inside the transformers CLIP model (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`),
+  always under `text_model.` as in the transformers 4 layout sd-scripts was written against.
 
 Underscores make the key -> path direction ambiguous (`to_q` vs `to.q`), so the reverse is a
 table built by enumerating the model's own modules, never string surgery on the key.
@@ -60,7 +61,16 @@ def kohya_key(family: Family, component: str, path: str, unet_config: dict | Non
             path = unet_module_name_to_ldm(path, unet_config)
         return f"{UNET_PREFIX}_{path.replace('.', '_')}"
     index = 0 if component == "text_encoder" else int(component.rsplit("_", 1)[1]) - 1
-    return f"{family.text_encoder_prefixes[index]}_{path.replace('.', '_')}"
+    return f"{family.text_encoder_prefixes[index]}_{text_model_path(path).replace('.', '_')}"
+
+
+def text_model_path(path: str) -> str:
+    """The path as sd-scripts saw it, under `text_model.`.
+
+    transformers 5 dropped the `text_model` level from CLIPTextModel (not from
+    CLIPTextModelWithProjection); the kohya keys keep it whatever the installed version.
+    """
+    return path if path.startswith("text_model.") else f"text_model.{path}"
 
 
 def lora_host_modules(module: Any) -> Iterator[tuple[str, Any]]:
