@@ -17,7 +17,7 @@ def tiny_train_config(make_dataset, tmp_path):
             "train_data_dir": str(root), "output_dir": str(tmp_path / "out"), "output_name": "mychar",
             "resolution": "64,64", "min_bucket_reso": 64, "max_bucket_reso": 128, "train_batch_size": 2,
             "max_train_epochs": 2, "learning_rate": 1e-3, "network_dim": 4, "network_alpha": 2,
-            "num_cpu_threads_per_process": 2, "seed": 7,
+            "num_cpu_threads_per_process": 1, "seed": 7,
         }
         values.update(overrides)
         return with_values(TrainConfig(), values)

@@ -166,20 +166,21 @@ class Trainer:
                 start = self.position.batch_in_epoch if epoch == self.position.epoch else 0
                 for index in range(start, len(batches)):
                     loss = self._train_batch(batches[index], epoch, index, step, rules)
+                    self.position = Position(step, epoch, index + 1)
                     if not accelerator.sync_gradients:
                         continue
                     step += 1
+                    self.position = Position(step, epoch, index + 1)
                     losses.append(loss)
                     self.result.losses.append(loss)
                     self._report(step, epoch, loss, sum(losses) / len(losses))
-                    self.position = Position(step, epoch, index + 1)
                     if self._should_stop() or step >= self.total_steps:
                         break
-                else:
+                if self.position.batch_in_epoch >= len(batches):  # the whole epoch was trained
                     self.position = Position(step, epoch + 1, 0)
                     self._end_of_epoch(epoch + 1, step)
-                    continue
-                break  # stopped or out of steps inside the epoch
+                if self.result.interrupted or step >= self.total_steps:
+                    break
         except KeyboardInterrupt:
             self.result.interrupted = True
         except BaseException:
