@@ -20,3 +20,26 @@ def tiny_models():
 
     return get
 
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory, tiny_models):
+    """saved_models(family, layout) -> path of a tiny model saved as "single_file" or "diffusers" (cached).
+
+    SD2 is saved as a v-prediction model, the others as epsilon.
+    """
+    from lorasmith.models.single_file import save_diffusers_folder, save_single_file
+
+    root = tmp_path_factory.mktemp("saved-models")
+    cache: dict = {}
+
+    def get(family: str, layout: str):
+        if (family, layout) not in cache:
+            base = tiny_models(family, v_prediction=family == "sd2")
+            if layout == "single_file":
+                cache[family, layout] = save_single_file(base, root / f"tiny-{family}.safetensors")
+            else:
+                cache[family, layout] = save_diffusers_folder(base, root / f"tiny-{family}")
+        return cache[family, layout]
+
+    return get
