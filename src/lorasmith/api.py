@@ -74,7 +74,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     """
     import torch
 
-    from lorasmith.train.setup import setup_data, weight_dtype
+    from lorasmith.train.setup import cpu_only, setup_data, weight_dtype
     from lorasmith.train.trainer import Trainer
 
     for warning in check_config(config, for_training=base is None):
@@ -89,7 +89,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
 
         from lorasmith.models.load import load_base_model
 
-        device = PartialState().device
+        device = PartialState(cpu=cpu_only()).device
         events(Message(f"loading {config.pretrained_model_name_or_path}"))
         base = load_base_model(
             config.pretrained_model_name_or_path, family=config.model_family,

@@ -61,7 +61,7 @@ def test_ctrl_c_saves_a_loadable_lora_and_exits_cleanly(tiny_train_config, tiny_
 
 def test_accelerate_launch_two_cpu_processes_trains_and_saves_one_file(tiny_train_config, tiny_checkpoint):
     config = tiny_train_config(max_train_epochs=1)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "lorasmith", "train", *train_args(config, tiny_checkpoint)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env())

@@ -52,6 +52,13 @@ def setup_data(config: TrainConfig, train: Dataset, reg: Dataset | None) -> Trai
     return TrainingData(train, reg, epoch_samples(train, reg), bucket_of, step_plan, validation)
 
 
+def cpu_only() -> bool:
+    """No accelerator here: tell accelerate so that several processes use gloo on the CPU."""
+    mps = getattr(torch.backends, "mps", None)
+    return not (torch.cuda.is_available() or (mps is not None and mps.is_available())
+                or (hasattr(torch, "xpu") and torch.xpu.is_available()))
+
+
 def weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     """Frozen base weights in half precision on GPU (as sd-scripts does); fp32 on CPU."""
     if device.type == "cpu" or mixed_precision == "no":
