@@ -133,6 +133,7 @@ def demo_config(output_dir: str = "lorasmith-demo") -> TrainConfig:
     return with_values(TrainConfig(), {
         "pretrained_model_name_or_path": str(model), "train_data_dir": str(dataset), "output_dir": str(out / "output"),
         "output_name": "smithy", "resolution": "128,128", "min_bucket_reso": 64, "max_bucket_reso": 256,
+        "bucket_reso_steps": 32,
         "train_batch_size": 2, "max_train_epochs": 4, "save_every_n_epochs": 1, "learning_rate": 1e-3,
         "text_encoder_lr": 5e-4, "network_dim": 8, "network_alpha": 4, "lr_scheduler": "constant",
         "sample_prompts": str(prompts), "sample_every_n_epochs": 2, "sample_sampler": "euler_a",

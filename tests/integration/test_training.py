@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -48,6 +50,8 @@ def test_training_lowers_the_loss_and_saves_trained_files(tiny_train_config):
     names = [p.rsplit("/", 1)[-1] for p in result.files]
     assert names == [f"mychar-{e:06d}.safetensors" for e in range(1, 8)] + ["mychar.safetensors"]
     assert [e.path for e in events if isinstance(e, FileWritten) and e.kind == "lora"] == result.files
+    from lorasmith.config.files import default_file_mode
+    assert os.stat(result.final_file).st_mode & 0o777 == default_file_mode()  # not owner-only
     tensors, metadata = load_lora_file(result.final_file)
     ups = [t for k, t in tensors.items() if k.endswith("lora_up.weight")]
     assert ups and all(t.dtype == torch.float16 for t in ups)

@@ -126,6 +126,13 @@ def config_to_toml(config: TrainConfig, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def default_file_mode() -> int:
+    """rw for everyone the umask allows (mkstemp alone would leave files readable by the owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """Write via a temporary file and a rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +140,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+        os.chmod(temp, default_file_mode())
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lorasmith.config.files import default_file_mode
 from lorasmith.errors import ModelError
 from lorasmith.network.kohya_tensors import group_lora_tensors
 
@@ -73,6 +74,7 @@ def _write_atomically(path: Path, data: bytes) -> Path:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp, default_file_mode())  # mkstemp makes it owner-only; a LoRA is meant to be shared
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
