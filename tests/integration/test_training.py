@@ -106,3 +106,28 @@ def test_stop_event_saves_the_current_lora(tiny_train_config):
     assert result.final_file.endswith("mychar-step00000003.safetensors")
     tensors, metadata = load_lora_file(result.final_file)
     assert metadata["ss_steps"] == "3"
+
+
+def test_trained_file_loads_in_diffusers_and_changes_its_output(tiny_train_config, tmp_path):
+    """The file of a real run opens with diffusers' load_lora_weights, every module, and changes the UNet."""
+    from diffusers import StableDiffusionPipeline
+
+    config = tiny_train_config(max_train_epochs=2, learning_rate=1e-2)
+    result = api.train(config, base=tiny_base_model("sd1"))
+    fresh = tiny_base_model("sd1")
+    pipe = StableDiffusionPipeline(vae=fresh.vae, text_encoder=fresh.text_encoders[0], tokenizer=fresh.tokenizers[0],
+                                   unet=fresh.unet, scheduler=fresh.noise_scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        context = encode_prompts(fresh, ["mychar, 1girl"]).context
+        before = pipe.unet(latents, torch.tensor([500]), context).sample
+        pipe.load_lora_weights(str(tmp_path / "out"), weight_name="mychar.safetensors")
+        context_lora = encode_prompts(fresh, ["mychar, 1girl"]).context
+        after = pipe.unet(latents, torch.tensor([500]), context_lora).sample
+    tensors, _ = load_lora_file(result.final_file)
+    modules = {key.split(".")[0] for key in tensors}
+    wrapped = sum(1 for name, _ in pipe.unet.named_modules() if name.endswith("lora_A")) + sum(
+        1 for name, _ in pipe.text_encoder.named_modules() if name.endswith("lora_A"))
+    assert wrapped == len(modules)
+    assert (after - before).abs().max() > 1e-4
