@@ -12,6 +12,8 @@ from playwright.sync_api import expect
 from tests.gui.conftest import screenshot
 
 pytestmark = pytest.mark.browser
+# The first step plan imports torch (seconds on a shared CPU) while keystrokes queue behind it.
+expect.set_options(timeout=30_000)
 
 
 def _open_section(page, name: str) -> None:
@@ -24,8 +26,10 @@ def _field(page, key: str):
 
 
 def _type(page, key: str, text: str) -> None:
+    """Type as a user does: key by key (Gradio's `input` event follows keystrokes, not fill())."""
     field = _field(page, key)
-    field.fill(text)
+    field.fill("")
+    field.press_sequentially(text)
     field.press("Tab")
 
 
@@ -55,7 +59,7 @@ def test_live_plan_and_bad_input_show_readable_messages(page, gui_dirs, make_dat
     plan = page.locator("#step-plan")
     _open_section(page, "Folders")
     _type(page, "train_data_dir", str(gui_dirs["root"] / "no-such-folder"))
-    expect(plan).to_contain_text("train_data_dir")
+    expect(plan).to_contain_text("train_data_dir", timeout=60_000)
     expect(plan).to_contain_text("does not exist")
 
     _type(page, "train_data_dir", str(make_dataset({"10_mychar": 3})))
@@ -75,6 +79,12 @@ def test_live_plan_and_bad_input_show_readable_messages(page, gui_dirs, make_dat
 def test_the_demo_trains_from_the_page_and_survives_a_reload(page):
     page.locator("#load-demo").click()
     expect(page.locator("#config-status")).to_contain_text("Demo loaded", timeout=30_000)
+    expect(page.locator("#step-plan")).to_contain_text("Total steps: 160", timeout=60_000)
+    _open_section(page, "Parameters")  # one epoch with a sample keeps the test short on a shared CPU
+    _type(page, "max_train_epochs", "1")
+    page.get_by_text("Samples and validation").click()
+    _type(page, "sample_every_n_epochs", "1")
+    expect(page.locator("#step-plan")).to_contain_text("Total steps: 40")
     page.locator("#start-training").click()
     expect(page.locator("#run-status")).to_contain_text("Training started")
     page.locator("#start-training").click()  # a second start while the first runs
@@ -82,7 +92,9 @@ def test_the_demo_trains_from_the_page_and_survives_a_reload(page):
 
     page.reload()  # the run belongs to the server, not to the page
     expect(page.locator("#run-progress")).to_contain_text("Training finished", timeout=150_000)
-    expect(page.locator("#run-files")).to_contain_text(".safetensors")
+    expect(page.locator("#run-files")).to_contain_text(re.compile(r"lora: \S*smithy\S*\.safetensors"))
+    expect(page.locator("#run-samples img").first).to_be_visible()
+    expect(page.locator("#loss-plot canvas, #loss-plot svg").first).to_be_visible()
     screenshot(page, "training-demo-finished")
 
 

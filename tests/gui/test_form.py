@@ -20,7 +20,7 @@ def test_every_schema_key_has_exactly_one_widget_with_its_doc():
 
 
 @pytest.mark.parametrize("key, kind", [
-    ("network_dim", "integer"), ("learning_rate", "number"), ("unet_lr", "number"),
+    ("network_dim", "integer"), ("learning_rate", "number"), ("unet_lr", "optional"),
     ("gradient_checkpointing", "checkbox"), ("optimizer_type", "dropdown"), ("model_family", "dropdown"),
     ("optimizer_args", "list"), ("train_data_dir", "text"), ("resolution", "text"),
 ])
@@ -54,10 +54,18 @@ def test_values_to_config_to_values_round_trip():
 
 def test_page_values_are_parsed_like_any_other_input():
     values = dict(zip(form.FORM_KEYS, form.config_to_values(TrainConfig())))
-    values.update(network_dim=48.0, unet_lr=None, optimizer_args="a=1  b=2", logging_dir=None)
+    values.update(network_dim=48.0, unet_lr="", text_encoder_lr=" 5e-05 ", optimizer_args="a=1  b=2",
+                  logging_dir=None)
     config = form.values_to_config(list(values.values()))
     assert config.network_dim == 48 and isinstance(config.network_dim, int)
-    assert config.unet_lr is None and config.optimizer_args == ["a=1", "b=2"] and config.logging_dir == ""
+    assert config.unet_lr is None and config.text_encoder_lr == 5e-05
+    assert config.optimizer_args == ["a=1", "b=2"] and config.logging_dir == ""
+
+
+def test_an_optional_number_shows_empty_not_zero():
+    widget = next(w for w in form.FORM if w.key == "text_encoder_lr")
+    assert form.to_widget_value(widget, None) == ""
+    assert form.to_widget_value(widget, 5e-05) == "5e-05"
 
 
 @pytest.mark.parametrize("key, value, message", [

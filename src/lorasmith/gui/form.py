@@ -66,12 +66,11 @@ class FieldWidget:
     """How one configuration key appears on the page."""
 
     key: str
-    kind: str  # "checkbox" | "dropdown" | "integer" | "number" | "text" | "list"
+    kind: str  # "checkbox" | "dropdown" | "integer" | "number" | "optional" | "text" | "list"
     label: str
     info: str
     group: str
     choices: tuple | None = None
-    optional: bool = False
 
     @property
     def elem_id(self) -> str:
@@ -82,6 +81,8 @@ class FieldWidget:
 def _kind(key: str) -> str:
     if FIELDS[key].metadata["choices"]:
         return "dropdown"
+    if is_optional(key):  # a text box, because gr.Number cannot be left empty (it shows 0)
+        return "optional"
     return {bool: "checkbox", int: "integer", float: "number", list: "list"}.get(field_type(key), "text")
 
 
@@ -99,8 +100,8 @@ def _info(key: str, kind: str) -> str:
 def _widget_for(key: str) -> FieldWidget:
     kind = _kind(key)
     return FieldWidget(key=key, kind=kind, label=_label(key), info=_info(key, kind),
-                       group=_SECTION_OVERRIDES.get(key, FIELDS[key].metadata["group"]), choices=FIELDS[key].metadata["choices"],
-                       optional=is_optional(key))
+                       group=_SECTION_OVERRIDES.get(key, FIELDS[key].metadata["group"]),
+                       choices=FIELDS[key].metadata["choices"])
 
 
 FORM: tuple[FieldWidget, ...] = tuple(_widget_for(key) for key in FIELDS)
@@ -115,9 +116,11 @@ def widgets_in(group: str) -> list[FieldWidget]:
 
 
 def to_widget_value(widget: FieldWidget, value: Any) -> Any:
-    """A config value as its widget shows it (lists become space-separated text)."""
+    """A config value as its widget shows it (lists become space-separated text, None empty text)."""
     if widget.kind == "list":
         return " ".join(str(item) for item in value)
+    if widget.kind == "optional":
+        return "" if value is None else repr(value)
     return value
 
 
@@ -156,8 +159,9 @@ def make_component(widget: FieldWidget, value: Any):
     if widget.kind == "integer":
         return gr.Number(value=shown, precision=0, **common)
     if widget.kind == "number":
-        return gr.Number(value=shown, placeholder="empty: same as learning rate" if widget.optional else None,
-                         **common)
+        return gr.Number(value=shown, **common)
+    if widget.kind == "optional":
+        return gr.Textbox(value=shown, lines=1, max_lines=1, placeholder="empty: the default", **common)
     return gr.Textbox(value=shown, lines=1, max_lines=1, **common)
 
 

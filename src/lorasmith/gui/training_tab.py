@@ -107,8 +107,10 @@ class TrainingTab:
         self.run_status = gr.Markdown(elem_id="run-status")
         self.progress = gr.HTML(training.progress_html(self.runner.snapshot()))
         with gr.Row():
-            self.loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, scale=3)
-            self.gallery = gr.Gallery(label="Sample images", columns=4, height=260, scale=2)
+            self.loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, scale=3,
+                                       elem_id="loss-plot")
+            self.gallery = gr.Gallery(label="Sample images", columns=4, height=260, scale=2,
+                                      elem_id="run-samples")
         self.files = gr.Markdown("No files written yet.", elem_id="run-files")
         with gr.Accordion("Training log", open=False):
             self.log = gr.Textbox(lines=8, max_lines=16, show_label=False, autoscroll=True)
