@@ -1,7 +1,7 @@
 """Reading and writing checkpoint files without holding a second copy of the model.
 
 - `SafetensorsFile` opens a .safetensors file, exposes its names, shapes and metadata from the
-  header alone, and reads tensors one at a time (with `pread`, not a memory map, so pages of the
+  header alone, and reads tensors one at a time by plain reads (no memory map, so pages of the
   file do not stay resident after their tensor has been cast to the target dtype).
 - `load_pickle` reads .ckpt/.pt files, weights-only first (a pickle can run code).
 - `write_safetensors` streams tensors to disk one by one, casting each on the way: safetensors'
@@ -35,10 +35,17 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.to(dtype)
 
 
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+_HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
+
+
 class SafetensorsFile(Mapping):
     """A lazy, read-only mapping name -> tensor over a .safetensors file, cast to `dtype` on access.
 
-    Use it as a context manager; the file stays open until `close()`.
+    safetensors validates the file when it is opened; the tensors are then read by offset, each
+    straight into its final tensor (same dtype) or through one reused staging buffer (cast), which
+    avoids the intermediate copy per tensor that `safe_open(...).get_tensor` makes and keeps no
+    page of the file mapped. Use it as a context manager.
     """
 
     def __init__(self, path: str | Path, dtype: torch.dtype | None = None):
@@ -47,36 +54,62 @@ class SafetensorsFile(Mapping):
         self.path = Path(path)
         self.dtype = dtype
         try:
-            self._handle = safe_open(str(self.path), framework="pt", backend="pread")
+            with safe_open(str(self.path), framework="pt") as handle:  # validates header and sizes
+                self._metadata = dict(handle.metadata() or {})
         except SafetensorError as error:
             raise ModelError(
                 f"{self.path} is not a readable .safetensors file ({error}); download it again, it may be truncated"
             ) from None
-        self._keys = list(self._handle.keys())
-        self._key_set = set(self._keys)
+        self._file = open(self.path, "rb", buffering=0)
+        (size,) = struct.unpack("<Q", self._file.read(8))
+        header = json.loads(self._file.read(min(size, _HEADER_LIMIT)))
+        header.pop("__metadata__", None)
+        self._header: dict[str, dict] = header
+        self._data_start = 8 + size
+        self._staging = bytearray()
 
     def metadata(self) -> dict[str, str]:
-        return dict(self._handle.metadata() or {})
+        return dict(self._metadata)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(self._handle.get_slice(k).get_shape()) for k in self._keys}
+        return {k: tuple(v["shape"]) for k, v in self._header.items()}
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._key_set:
-            raise KeyError(key)
-        return _cast(self._handle.get_tensor(key), self.dtype)
+        info = self._header[key]
+        dtype = _DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        target = self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
+        if target == dtype or start == end:
+            tensor = torch.empty(info["shape"], dtype=dtype)
+            self._read(start, memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            return tensor.to(target)
+        if len(self._staging) < end - start:
+            self._staging = bytearray(end - start)
+        self._read(start, memoryview(self._staging)[: end - start])
+        source = torch.frombuffer(self._staging, dtype=dtype, count=(end - start) // dtype.itemsize)
+        return source.reshape(info["shape"]).to(target)
+
+    def _read(self, offset: int, buffer: memoryview) -> None:
+        self._file.seek(self._data_start + offset)
+        done = 0
+        while done < len(buffer):
+            count = self._file.readinto(buffer[done:])
+            if not count:
+                raise ModelError(f"{self.path} ended early; download it again, it is truncated")
+            done += count
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return iter(self._header)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._header)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._key_set
+        return key in self._header
 
     def close(self) -> None:
-        self._handle = None
+        self._file.close()
+        self._staging = bytearray()
 
     def __enter__(self) -> SafetensorsFile:
         return self
