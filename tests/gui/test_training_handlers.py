@@ -87,3 +87,5 @@ def test_run_panel_texts():
     assert 'value="5" max="20"' in html and "step 5 / 20, loss 0.1250" in html
     assert "lora: `/out/mychar-000001.safetensors`" in training.files_markdown(state)
     assert list(training.loss_frame(state).itertuples(index=False, name=None)) == [(5, 0.125)]
+    empty = training.loss_frame(RunState())
+    assert [str(t) for t in empty.dtypes] == ["int64", "float64"]  # a number axis from the first poll on

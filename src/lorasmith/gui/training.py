@@ -147,7 +147,8 @@ def loss_frame(state: RunState):
     """The loss chart's data: one row per step that reported a loss."""
     import pandas as pd
 
-    return pd.DataFrame(state.losses, columns=["step", "loss"])
+    # Numeric types even when empty: the chart keeps the axis types of its first data.
+    return pd.DataFrame(state.losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
 
 def sample_images(state: RunState, limit: int = 24) -> list:
