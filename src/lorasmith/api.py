@@ -84,7 +84,8 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     data = setup_data(config, train_set, reg_set)
     for line in data.plan.lines():
         events(Message(line))
-    if base is None:
+    owns_base = base is None
+    if owns_base:
         from accelerate import PartialState
 
         from lorasmith.models.load import load_base_model
@@ -96,7 +97,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
             v_parameterization=config.v_parameterization, allow_pickle=config.allow_pickle,
             dtype=weight_dtype(config.mixed_precision, device), device=device,
         )
-    trainer = Trainer(config, data, base, events, stop)
+    trainer = Trainer(config, data, base, events, stop, owns_base=owns_base)
     trainer.setup()
     return trainer.train()
 

@@ -58,6 +58,9 @@ def test_training_lowers_the_loss_and_saves_trained_files(tiny_train_config):
     assert sum(float(t.abs().sum()) for t in ups) > 0  # trained, not the zero init
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
     assert metadata["ss_steps"] == "32" and metadata["ss_epoch"] == "8" and metadata["ss_output_name"] == "mychar"
+    from pathlib import Path
+    logs = list(Path(config.effective_logging_dir).rglob("events.out.tfevents*"))
+    assert logs and logs[0].stat().st_size > 0  # TensorBoard: loss and learning rates
 
 
 def test_existing_files_are_never_overwritten_without_the_flag(tiny_train_config):

@@ -46,7 +46,7 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig, data: TrainingData, base, events: EventSink = ignore_events,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, owns_base: bool = False):
         from accelerate import Accelerator
 
         self.config, self.data, self.events, self.stop = config, data, events, stop
@@ -56,6 +56,7 @@ class Trainer:
             log_with="tensorboard", project_dir=config.effective_logging_dir,
         )
         self.base = base
+        self.owns_base = owns_base  # a base we loaded ourselves may drop parts it no longer needs
         self.result = TrainResult(output_dir=str(self.output_dir))
         self.session_id = uuid.uuid4().hex[:16]
         self.started_at = time.time()
@@ -114,7 +115,10 @@ class Trainer:
         cache = cache_latents(self.base.vae, self.data.bucket_of, self.base.family.latent_scale,
                               to_disk=self.config.cache_latents_to_disk,
                               progress=lambda done, total: self.events(Progress("cache latents", done, total)))
-        self.base.vae.to("cpu")  # not needed again while training: give its memory back
+        if self.owns_base and not self.config.sample_prompts:
+            self.base.vae = None  # never needed again in this run: give its memory back
+        else:
+            self.base.vae.to("cpu")  # only needed again for samples
         return cache
 
     def _cache_text_outputs(self) -> dict | None:
