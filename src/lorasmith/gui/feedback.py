@@ -8,6 +8,7 @@ missing one is a readable line too, never an import error at start-up.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -76,3 +77,29 @@ def run_tool(name: str, *args, progress: Callable | None = None, **kwargs) -> To
     except LorasmithError as error:
         return ToolOutcome(None, toast_if_error(error_line(error)), files)
     return ToolOutcome(result, "  \n".join(messages[-12:]) or "Done.", files)
+
+
+def text_block(lines: list[str]) -> str:
+    """Lines shown as a fixed-width block in a Markdown component."""
+    return "```text\n" + "\n".join(lines) + "\n```"
+
+
+def report_markdown(report) -> str:
+    """A tool's report (anything with `.lines()`, else its text) as a fixed-width block."""
+    return text_block(report.lines() if hasattr(report, "lines") else str(report).splitlines())
+
+
+def load_pictures(paths) -> list:
+    """Image files as (picture, file name) for a Gallery. Pictures, not paths, so that Gradio may
+    show them from any folder (it serves paths only from its own allowed places); a file that
+    cannot be read (yet) is left out."""
+    from PIL import Image
+
+    shown = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                shown.append((image.copy(), Path(path).name))
+        except OSError:
+            continue
+    return shown

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from lorasmith.config.schema import SAMPLERS
-from lorasmith.gui.feedback import error_line, run_tool, toast_if_error
+from lorasmith.gui.feedback import error_line, load_pictures, report_markdown, run_tool, toast_if_error
 from lorasmith.gui.paths import path_chooser
 
 
@@ -28,19 +28,8 @@ def as_pictures(result) -> list:
 
     items = getattr(result, "images", None) or getattr(result, "paths", None) or getattr(result, "path", None) or result
     items = items if isinstance(items, (list, tuple)) else [items]
-    pictures = []
-    for item in items:
-        if isinstance(item, (str, Path)):
-            with Image.open(item) as image:
-                pictures.append((image.copy(), Path(item).name))
-        elif isinstance(item, Image.Image):
-            pictures.append(item)
-    return pictures
-
-
-def report_markdown(report) -> str:
-    lines = report.lines() if hasattr(report, "lines") else [str(report)]
-    return "```text\n" + "\n".join(lines) + "\n```"
+    pictures = [item for item in items if isinstance(item, Image.Image)]
+    return pictures + load_pictures([item for item in items if isinstance(item, (str, Path))])
 
 
 # ---- handlers ------------------------------------------------------------------------------------

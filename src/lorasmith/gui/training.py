@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from lorasmith.config.schema import with_values
 from lorasmith.errors import ConfigError, LorasmithError
 from lorasmith.gui import form
-from lorasmith.gui.feedback import ERROR_MARK, api_function, error_line, is_error
+from lorasmith.gui.feedback import ERROR_MARK, api_function, error_line, is_error, load_pictures, text_block
 from lorasmith.gui.runner import RunState, TrainingRunner
 
 @dataclass
@@ -104,8 +103,7 @@ def plan_text(values: Sequence) -> str:
     except LorasmithError as error:
         return error_line(error)
     warnings = [f"warning: {event.text}" for event in events if getattr(event, "level", "") == "warning"]
-    body = "\n".join(step_plan.lines() + warnings)
-    return f"**Total steps: {step_plan.total_steps}**\n\n```text\n{body}\n```"
+    return f"**Total steps: {step_plan.total_steps}**\n\n" + text_block(step_plan.lines() + warnings)
 
 
 def start_training(runner: TrainingRunner, values: Sequence) -> str:
@@ -152,15 +150,5 @@ def loss_frame(state: RunState):
 
 
 def sample_images(state: RunState, limit: int = 24) -> list:
-    """The newest sample images as (picture, file name); pictures, not paths, so Gradio may serve
-    them from any output folder. A file that cannot be read yet is left for the next poll."""
-    from PIL import Image
-
-    shown = []
-    for path in state.samples[-limit:]:
-        try:
-            with Image.open(path) as image:
-                shown.append((image.copy(), Path(path).name))
-        except OSError:
-            continue
-    return shown
+    """The newest sample images for the gallery."""
+    return load_pictures(state.samples[-limit:])

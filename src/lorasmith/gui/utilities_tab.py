@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from lorasmith.gui.feedback import error_line, run_tool, toast_if_error
+from lorasmith.gui.feedback import error_line, report_markdown, run_tool, toast_if_error
 from lorasmith.gui.paths import path_chooser
 
 _CAPTION_EXTENSION_INFO = "Caption files are written beside the images with this extension."
@@ -79,11 +79,7 @@ def doctor(folder, extension, progress=gr.Progress()):
     if missing:
         return missing
     outcome = run_tool("doctor_dataset", folder.strip(), caption_extension=extension, progress=progress)
-    if outcome.result is None:
-        return outcome.status
-    report = outcome.result
-    lines = report.lines() if hasattr(report, "lines") else [str(report)]
-    return "```text\n" + "\n".join(lines) + "\n```"
+    return outcome.status if outcome.result is None else report_markdown(outcome.result)
 
 
 # ---- layout -------------------------------------------------------------------------------------------
