@@ -48,7 +48,7 @@ def test_plan_prints_the_calculation_and_ends_with_total_steps(make_dataset, tmp
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--network_dimm", "32"], "unknown configuration key 'network_dimm'; did you mean 'network_dim'?"),
+    (["--network_dimm", "32"], "unknown configuration key 'network_dimm' on the command line; did you mean 'network_dim'?"),
     (["--learning_rate", "-1"], "learning_rate must be greater than 0"),
     (["--resolution", "500"], "resolution must be a multiple of 64"),
 ])
