@@ -76,6 +76,27 @@ def test_live_plan_and_bad_input_show_readable_messages(page, gui_dirs, make_dat
     assert "Traceback" not in page.content()
 
 
+def _explorer_item(explorer, name: str, inside: str | None = None):
+    """The row of `name` in a Gradio FileExplorer (within the folder `inside`, when given)."""
+    scope = f"//li[span//span[contains(@class,'item-name') and text()='{inside}']]" if inside else ""
+    return explorer.locator(f"xpath=.{scope}//span[contains(@class,'wrap')][span[contains(@class,'item-name') "
+                            f"and text()='{name}']]").first
+
+
+def test_the_folder_chooser_fills_the_image_folder(page, gui_dirs, make_dataset):
+    dataset = make_dataset({"5_mychar": 2}, root=gui_dirs["browse"] / "chooser" / "img")
+    _open_section(page, "Folders")
+    page.get_by_text("Browse this computer for the folders").click()
+    explorer = page.locator("#browse-folders")
+    for folder in ("chooser", "img"):
+        _explorer_item(explorer, folder).get_by_role("button", name="expand directory").click()
+    _explorer_item(explorer, ".", inside="img").locator("input[type=checkbox]").check()  # img itself
+    page.get_by_role("button", name="Use selected path").filter(visible=True).click()
+    expect(_field(page, "train_data_dir")).to_have_value(str(dataset))
+    expect(page.locator("#step-plan")).to_contain_text("Total steps: 100")  # 2 x 5 repeats x 10 epochs
+    screenshot(page, "training-folder-chooser")
+
+
 def test_the_demo_trains_from_the_page_and_survives_a_reload(page):
     page.locator("#load-demo").click()
     expect(page.locator("#config-status")).to_contain_text("Demo loaded", timeout=30_000)

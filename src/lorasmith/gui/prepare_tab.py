@@ -48,7 +48,7 @@ def build_prepare_tab(browse_root: str, fields: dict) -> list:
     destination = gr.Textbox(label="Destination training folder",
                              info="Gets img/, reg/, model/ and log/ folders, as kohya_ss's tool makes them.")
     path_chooser({"images": images, "reg_images": reg_images, "destination": destination}, browse_root,
-                 "folders", labels={"images": "Training images", "reg_images": "Regularisation images",
+                 "dataset folders", labels={"images": "Training images", "reg_images": "Regularisation images",
                                     "destination": "Destination training folder"})
     run = gr.Button("Prepare training data", variant="primary")
     status = gr.Markdown(elem_id="prepare-status")
