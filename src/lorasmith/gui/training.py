@@ -17,6 +17,7 @@ from lorasmith.gui import form
 from lorasmith.gui.feedback import ERROR_MARK, api_function, error_line, is_error, load_pictures, text_block
 from lorasmith.gui.runner import RunState, TrainingRunner
 
+
 @dataclass
 class FormAnswer:
     """A status line for the page and, when the form changes, its new values (FORM order)."""
