@@ -49,8 +49,8 @@ def test_wd14_pads_to_a_square_with_white(tmp_path, tagger_dir):
 def test_wd14_transparency_is_flattened_onto_white(tmp_path, tagger_dir):
     solid(tmp_path / "half.png", (16, 16), BLACK, mode="RGBA")  # top half transparent
     caption_wd14(tmp_path, tagger_dir)
-    # mean 127.5 per channel gives white background 0.48 (> 0.35); dropping alpha would give black, 0.0
-    assert read(tmp_path / "half.txt") == "long hair, ^_^, solo, white background"
+    # mean 127.5 per channel puts the colour tags at 0.48 (> 0.35); dropping alpha would give black: 0.0
+    assert read(tmp_path / "half.txt") == "long hair, ^_^, solo, blue background, red background, white background"
 
 
 def test_wd14_thresholds_and_exclusions(tmp_path, tagger_dir):
