@@ -1,0 +1,236 @@
+"""Make images with a base model and LoRAs: diffusers pipelines built from a BaseModel.
+
+LoRA files are merged into the base weights for the duration of a request (`apply_loras`) and
+restored afterwards, bit for bit; `<lora:name:0.8>` tags in a prompt add more. Prompts are
+encoded by `models.text.encode_prompts`, the same code training uses (clip_skip included), and
+handed to the pipeline as embeddings. Every PNG carries A1111's `parameters` text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from lorasmith.events import EventSink, Message, Progress, ignore_events
+from lorasmith.models.base import BaseModel
+from lorasmith.sampling.lora_tags import extract_lora_tags, resolve_lora
+from lorasmith.sampling.pnginfo import GenerationParameters, save_png
+from lorasmith.sampling.prompts import DEFAULT_CFG, DEFAULT_SIZE, DEFAULT_STEPS, SamplePrompt
+from lorasmith.sampling.samplers import make_scheduler, sampler_label
+
+LoraSource = tuple[Any, float]  # (path or kohya tensors, weight)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt's images. A seed of None (or below 0) draws one; image i of a batch uses seed + i."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = DEFAULT_SIZE
+    height: int = DEFAULT_SIZE
+    steps: int = DEFAULT_STEPS
+    cfg_scale: float = DEFAULT_CFG
+    seed: int | None = None
+    sampler: str = "euler_a"
+    batch_size: int = 1
+    clip_skip: int = 1
+
+
+@dataclass
+class GeneratedImage:
+    image: Any  # PIL.Image
+    parameters: GenerationParameters
+    path: Path | None = None
+
+
+def make_pipeline(base: BaseModel, sampler: str = "euler_a") -> Any:
+    """A diffusers text-to-image pipeline sharing `base`'s modules (no copy, no safety checker)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    scheduler = make_scheduler(sampler, base.noise_scheduler)
+    if base.family.name == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            vae=base.vae, text_encoder=base.text_encoders[0], text_encoder_2=base.text_encoders[1],
+            tokenizer=base.tokenizers[0], tokenizer_2=base.tokenizers[1], unet=base.unet, scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=base.vae, text_encoder=base.text_encoders[0], tokenizer=base.tokenizers[0], unet=base.unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)  # progress goes through our events
+    return pipe
+
+
+def generate_images(base: BaseModel, requests: list[GenerationRequest], loras: list[LoraSource] = (),
+                    lora_dirs: list[str | os.PathLike] = (), events: EventSink = ignore_events,
+                    output_dir: str | os.PathLike | None = None, file_stem: str = "image",
+                    precision: str = "no") -> list[GeneratedImage]:
+    """Images for each request with `loras` (and the prompt's <lora:...> tags) merged in.
+
+    With `output_dir`, each image is saved as `<file_stem>_<nnnnn>_<seed>.png`. `precision`
+    ("fp16"/"bf16") turns on autocast on a GPU; a CPU always computes in float32.
+    """
+    total = sum(r.batch_size for r in requests)
+    results: list[GeneratedImage] = []
+    for request in requests:
+        prompt, tags = extract_lora_tags(request.prompt)
+        chosen = _with_tags(list(loras), tags, lora_dirs)
+        request = replace(request, prompt=prompt, seed=_seed(request.seed))
+        with merged_loras(base, chosen):
+            images = run_pipeline(base, request, precision)
+        hashes = lora_hashes(chosen)
+        for index, image in enumerate(images):
+            params = parameters_for(base, request, request.seed + index, hashes)
+            item = GeneratedImage(image, params)
+            if output_dir is not None:
+                name = f"{file_stem}_{len(results):05d}_{request.seed + index}.png"
+                item.path = save_png(image, Path(output_dir) / name, params)
+            results.append(item)
+            events(Progress("generate", len(results), total))
+    return results
+
+
+def sample_during_training(base: BaseModel, prompts: list[SamplePrompt], output_dir: str | os.PathLike,
+                           output_name: str, epoch: int, step: int, sampler: str = "euler_a",
+                           clip_skip: int = 1, network_scale_fn: Callable[[float], None] | None = None,
+                           events: EventSink = ignore_events) -> list[Path]:
+    """The trainer's samples, with its LoRA layers active as they are (nothing is merged).
+
+    Files: `<output_dir>/sample/<output_name>_e000002_s000100_00.png` (epoch, step, prompt index).
+    A prompt without --d gets its index as seed, so every epoch's sample is comparable.
+    `network_scale_fn`, when given, is called with 1.0 first: samples show the LoRA at full strength.
+    """
+    if network_scale_fn is not None:
+        network_scale_fn(1.0)
+    folder = Path(output_dir) / "sample"
+    written = []
+    for index, item in enumerate(prompts):
+        prompt, tags = extract_lora_tags(item.prompt)
+        if tags:
+            events(Message(f"sample prompt {index + 1}: <lora:...> tags are ignored while training", "warning"))
+        request = GenerationRequest(prompt, item.negative_prompt, item.width, item.height, item.steps,
+                                    item.cfg_scale, index if item.seed is None else item.seed,
+                                    item.sampler or sampler, 1, clip_skip)
+        image = run_pipeline(base, request)[0]
+        path = folder / sample_file_name(output_name, epoch, step, index)
+        written.append(save_png(image, path, parameters_for(base, request, request.seed, {})))
+        events(Progress("samples", index + 1, len(prompts)))
+    return written
+
+
+def sample_file_name(output_name: str, epoch: int, step: int, index: int) -> str:
+    return f"{output_name}_e{epoch:06d}_s{step:06d}_{index:02d}.png"
+
+
+def run_pipeline(base: BaseModel, request: GenerationRequest, precision: str = "no") -> list:
+    """PIL images of one request (seeded generators, eval mode, our prompt encoding)."""
+    import torch
+
+    pipe = make_pipeline(base, request.sampler)
+    generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.batch_size)]
+    with eval_mode(base), torch.no_grad(), _autocast(base, precision):
+        embeddings = _embeddings(base, request)
+        output = pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, width=request.width,
+                      height=request.height, num_images_per_prompt=request.batch_size, generator=generators,
+                      output_type="pil", **embeddings)
+    return list(output.images)
+
+
+def _embeddings(base: BaseModel, request: GenerationRequest) -> dict:
+    from lorasmith.models.text import encode_prompts
+
+    positive, negative = (encode_prompts(base, [text], request.clip_skip)
+                          for text in (request.prompt, request.negative_prompt))
+    embeddings = {"prompt_embeds": positive.context, "negative_prompt_embeds": negative.context}
+    if base.family.name == "sdxl":
+        embeddings.update(pooled_prompt_embeds=positive.pooled, negative_pooled_prompt_embeds=negative.pooled)
+    return embeddings
+
+
+@contextlib.contextmanager
+def eval_mode(base: BaseModel) -> Iterator[None]:
+    """Modules in eval mode (no dropout) for sampling; the trainer gets its train mode back."""
+    modules = [base.unet, base.vae, *base.text_encoders]
+    before = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, was_training in zip(modules, before):
+            module.train(was_training)
+
+
+def _autocast(base: BaseModel, precision: str) -> Any:
+    import torch
+
+    device = next(base.unet.parameters()).device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if device.type != "cuda":
+        return contextlib.nullcontext()  # float32 on CPU: half precision there is slow and lossy
+    unet_dtype = next(base.unet.parameters()).dtype
+    dtype = dtype or (unet_dtype if unet_dtype != torch.float32 else None)
+    return torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def merged_loras(base: BaseModel, loras: list[LoraSource]) -> Iterator[None]:
+    """`loras` merged into `base` inside the block; the original weights come back afterwards."""
+    if not loras:
+        yield
+        return
+    from lorasmith.network.apply import apply_loras
+
+    applied = apply_loras(base, loras)
+    try:
+        yield
+    finally:
+        applied.restore()
+
+
+def _with_tags(loras: list[LoraSource], tags: list[tuple[str, float]],
+               lora_dirs: list[str | os.PathLike]) -> list[LoraSource]:
+    """The given LoRAs plus the prompt's tags; a tag naming a given file sets that file's weight."""
+    places = list(lora_dirs) + [source for source, _ in loras if not isinstance(source, dict)]
+    chosen = list(loras)
+    for name, weight in tags:
+        path = resolve_lora(name, places)
+        same = [i for i, (source, _) in enumerate(chosen) if not isinstance(source, dict)
+                and Path(source).resolve() == path.resolve()]
+        if same:
+            chosen[same[0]] = (chosen[same[0]][0], weight)
+        else:
+            chosen.append((path, weight))
+    return chosen
+
+
+def lora_hashes(loras: list[LoraSource]) -> dict[str, str]:
+    """A1111's 'Lora hashes': file stem -> first 12 hex digits of its sshs_model_hash."""
+    from lorasmith.network.files import model_hashes, read_lora_metadata
+
+    hashes = {}
+    for source, _ in loras:
+        if isinstance(source, dict):
+            continue
+        path = Path(source)
+        digest = read_lora_metadata(path).get("sshs_model_hash") or model_hashes(path.read_bytes())[0]
+        hashes[path.stem] = digest[:12]
+    return hashes
+
+
+def parameters_for(base: BaseModel, request: GenerationRequest, seed: int, hashes: dict[str, str]) -> GenerationParameters:
+    extra = {"Model hash": base.info["sd_model_hash"]} if base.info.get("sd_model_hash") else {}
+    return GenerationParameters(
+        prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+        sampler=sampler_label(request.sampler), cfg_scale=request.cfg_scale, seed=seed, width=request.width,
+        height=request.height, model=Path(base.name).stem if base.name else "",
+        clip_skip=1 if base.family.name == "sdxl" else request.clip_skip,  # SDXL ignores clip_skip
+        lora_hashes=hashes, extra=extra)
+
+
+def _seed(seed: int | None) -> int:
+    return secrets.randbelow(2**32) if seed is None or seed < 0 else int(seed)
