@@ -116,7 +116,7 @@ class Trainer:
                               to_disk=self.config.cache_latents_to_disk,
                               progress=lambda done, total: self.events(Progress("cache latents", done, total)))
         if self.owns_base and not self.config.sample_prompts:
-            self.base.vae = None  # never needed again in this run: give its memory back
+            self.base.vae = self.model.vae = None  # never needed again in this run: give its memory back
         else:
             self.base.vae.to("cpu")  # only needed again for samples
         return cache
