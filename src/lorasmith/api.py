@@ -139,6 +139,8 @@ def demo_config(output_dir: str = "lorasmith-demo") -> TrainConfig:
         "text_encoder_lr": 5e-4, "network_dim": 8, "network_alpha": 4, "lr_scheduler": "constant",
         "sample_prompts": str(prompts), "sample_every_n_epochs": 2, "sample_sampler": "euler_a",
         "training_comment": "lorasmith demo: tiny random model, bundled 'smithy' dataset",
+        # A tiny model is faster on one thread: a second one mostly waits (and spins when cores are busy).
+        "num_cpu_threads_per_process": 1,
     })
 
 
@@ -162,3 +164,137 @@ def demo(output_dir: str = "lorasmith-demo", events: EventSink = ignore_events, 
         config = with_values(config, {"overwrite": True})
     events(Message(f"demo: tiny SD1 model and the bundled 'smithy' dataset in {Path(output_dir).resolve()}"))
     return train(config, events, stop)
+
+
+# --- testing tools ---
+
+
+def generate(base_model: str | None, prompt: str, loras: list = (), negative_prompt: str = "", steps: int = 20,
+             cfg_scale: float = 7.0, seed: int = -1, width: int = 512, height: int = 512, sampler: str = "euler_a",
+             batch_size: int = 1, clip_skip: int = 1, output_dir: str | None = None, lora_dirs: list = (),
+             model_family: str = "auto", v_parameterization: bool = False, allow_pickle: bool = False,
+             precision: str = "no", events: EventSink = ignore_events, base=None):
+    """Images of `prompt` with `loras` [(path, weight)] and any <lora:name:w> tags; saved when output_dir is given.
+
+    Returns a GenerationResult (.images as PIL images, .paths, .parameters). A seed below 0 draws one.
+    """
+    from lorasmith.events import FileWritten
+    from lorasmith.sampling.generate import GenerationRequest, GenerationResult, generate_images
+    from lorasmith.sampling.run_settings import RunSettings, load_for_testing
+
+    base = base or load_for_testing(base_model, RunSettings(model_family=model_family,
+                                                            v_parameterization=v_parameterization),
+                                    precision, allow_pickle)
+    request = GenerationRequest(prompt, negative_prompt, width, height, steps, cfg_scale, seed, sampler, batch_size,
+                                clip_skip)
+    made = generate_images(base, [request], list(loras), list(lora_dirs), events, output_dir, precision=precision)
+    for item in made:
+        if item.path is not None:
+            events(FileWritten(str(item.path), "sample"))
+    return GenerationResult.of(made)
+
+
+def grid(run_dir: str | None, prompt: str, weights: list = (0.4, 0.6, 0.8, 1.0), seed: int = 1234,
+         base_model: str | None = None, loras: list | None = None, prompts: list | None = None, lora: str | None = None,
+         negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0, width: int | None = None,
+         height: int | None = None, sampler: str = "euler_a", clip_skip: int | None = None,
+         output_dir: str | None = None, allow_pickle: bool = False, precision: str = "no",
+         events: EventSink = ignore_events, base=None):
+    """An X/Y grid: columns are LoRA weights; rows the run's epoch files (or `loras`, or `prompts` with `lora`)."""
+    from lorasmith.sampling.grid import make_grid
+    from lorasmith.sampling.run_settings import free_name, load_for_testing, run_settings
+    from lorasmith.sampling.runs import run_loras
+
+    settings = run_settings(run_dir)
+    labels = None
+    if run_dir and not loras and not prompts:
+        found = run_loras(run_dir, settings.output_name)
+        loras, labels = [lora.path for lora in found], [lora.label for lora in found]
+    base = base or load_for_testing(base_model, settings, precision, allow_pickle)
+    out = Path(output_dir or Path(run_dir or ".") / "grids").expanduser()
+    return make_grid(
+        base, prompt, seed, list(weights), y_loras=loras, y_prompts=prompts, lora=lora, y_labels=labels,
+        output_dir=out, name=free_name(out, "xy_grid"), negative_prompt=negative_prompt, steps=steps,
+        cfg_scale=cfg_scale, width=width or settings.resolution[0], height=height or settings.resolution[1],
+        sampler=sampler, clip_skip=clip_skip or settings.clip_skip, precision=precision, events=events)
+
+
+def evaluate(run_dir: str, base_model: str | None = None, train_data_dir: str | None = None,
+             resolution: int | None = None, clip_skip: int | None = None, seed: int = 0,
+             output_dir: str | None = None, allow_pickle: bool = False, events: EventSink = ignore_events, base=None):
+    """A validation loss per saved epoch of a run (fixed noise and timesteps), a table, a plot, the best epoch."""
+    from lorasmith.sampling.evaluate import evaluate_run, evaluation_images
+    from lorasmith.sampling.run_settings import load_for_testing, run_settings
+
+    settings = run_settings(run_dir)
+    images, source = evaluation_images(run_dir, train_data_dir)
+    base = base or load_for_testing(base_model, settings, "no", allow_pickle)
+    report = evaluate_run(run_dir, base, images, resolution=resolution or min(settings.resolution),
+                          clip_skip=clip_skip or settings.clip_skip, seed=seed, image_source=source,
+                          output_dir=output_dir, events=events)
+    events(Message(f"recommended: epoch {report.recommended_epoch} ({report.files[report.recommended_epoch].name})"))
+    return report
+
+
+# --- dataset tools ---
+
+
+def prepare_dataset(source, train_data_dir, trigger: str, class_name: str = "",
+                    events: EventSink = ignore_events, **options):
+    """Copy raw images into `<train_data_dir>/<repeats>_<trigger> <class>/` (see tools.prepare)."""
+    from lorasmith.tools.prepare import prepare_dataset as run
+
+    return run(source, train_data_dir, trigger, class_name, events=events, **options)
+
+
+def prepare_project(source, project_dir, trigger: str, class_name: str = "",
+                    events: EventSink = ignore_events, **options):
+    """kohya_ss's layout under one folder: img/, reg/, model/, log/; the result names them all."""
+    from lorasmith.tools.prepare import prepare_project as run
+
+    return run(source, project_dir, trigger, class_name, events=events, **options)
+
+
+def caption_wd14(folder, model=None, events: EventSink = ignore_events, **options):
+    """Tag images with a WD14 ONNX tagger folder (model.onnx + selected_tags.csv)."""
+    from lorasmith.errors import ToolError
+    from lorasmith.tools.caption.wd14 import caption_wd14 as run
+
+    if not model:
+        raise ToolError("give the WD14 tagger folder (model.onnx + selected_tags.csv) as the model")
+    return run(folder, model, events=events, **options)
+
+
+def caption_blip(folder, model=None, events: EventSink = ignore_events, **options):
+    """Caption images with a local BLIP model folder."""
+    from lorasmith.tools.caption.blip import caption_blip as run
+
+    return run(folder, model, events=events, **options)
+
+
+def caption_basic(folder, caption_text: str = "", events: EventSink = ignore_events, **options):
+    """A fixed caption where none exists; prefix/postfix/trigger on every caption."""
+    from lorasmith.tools.caption.basic import caption_basic as run
+
+    return run(folder, caption_text, events=events, **options)
+
+
+def tag_frequencies(folder, caption_extension: str = ".txt", recursive: bool = True) -> dict[str, int]:
+    """tag -> how many captions hold it, most frequent first."""
+    from lorasmith.tools.tags import tag_frequencies as run
+
+    return run(folder, caption_extension, recursive)
+
+
+def edit_tags(folder, events: EventSink = ignore_events, **edits):
+    """Add/remove/replace/move/dedupe tags in every caption (backup first, or dry_run)."""
+    from lorasmith.tools.tags import edit_tags as run
+
+    return run(folder, events=events, **edits)
+
+
+def doctor_dataset(folder, events: EventSink = ignore_events, **options):
+    """Check a dataset folder; the report separates errors (stop training) from warnings."""
+    from lorasmith.tools.doctor import doctor_dataset as run
+
+    return run(folder, events=events, **options)
