@@ -48,6 +48,19 @@ class GeneratedImage:
     path: Path | None = None
 
 
+@dataclass
+class GenerationResult:
+    """What `api.generate` returns: the pictures (for a GUI gallery), the saved files, the parameters."""
+
+    images: list  # PIL images
+    paths: list[Path]  # empty when nothing was saved
+    parameters: list[GenerationParameters]
+
+    @classmethod
+    def of(cls, made: list[GeneratedImage]) -> "GenerationResult":
+        return cls([m.image for m in made], [m.path for m in made if m.path is not None], [m.parameters for m in made])
+
+
 def make_pipeline(base: BaseModel, sampler: str = "euler_a") -> Any:
     """A diffusers text-to-image pipeline sharing `base`'s modules (no copy, no safety checker)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
