@@ -17,7 +17,7 @@ from lorasmith.config.schema import parse_resolution
 from lorasmith.dataset.buckets import assign_bucket, bucket_resolutions
 from lorasmith.dataset.scan import is_image, parse_subset_name
 from lorasmith.errors import DatasetError, ToolError
-from lorasmith.events import EventSink, Message, Progress, ignore_events
+from lorasmith.events import EventSink, Progress, ignore_events
 from lorasmith.tools.caption.common import caption_extension as check_extension, caption_path, read_text
 from lorasmith.tools.image_checks import ImageFacts, exact_duplicates, inspect_image, near_duplicates
 from lorasmith.tools.prepare import planned_steps
@@ -239,6 +239,4 @@ def doctor_dataset(
         events(Progress("checking images", done, len(entries)))
     report.findings += check_duplicates(facts, near_duplicate_distance)
     report.advice = advise(entries, batch_size)
-    events(Message(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)",
-                   "warning" if report.errors else "info"))
     return report
