@@ -1,0 +1,1 @@
+"""Dataset tools: preparation, captioning, the tag editor and the doctor (all behind lorasmith.api)."""
