@@ -71,3 +71,23 @@ def test_accelerate_launch_two_cpu_processes_trains_and_saves_one_file(tiny_trai
     tensors, metadata = load_lora_file(Path(config.output_dir) / "mychar.safetensors")
     # 4 images x 2 repeats / batch 2 = 4 batches, shared by 2 processes: 2 optimizer steps each
     assert metadata["ss_steps"] == "2"
+
+
+def test_readme_demo_command_trains_end_to_end(tmp_path):
+    """`lorasmith demo`: plan, progress, LoRA files every epoch, samples, logs, run record."""
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "lorasmith", "demo", "--output_dir", str(out)],
+                            capture_output=True, text=True, timeout=600, env=env())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "total steps: 160" in result.stdout and "finished 160 steps" in result.stdout
+    lora_files = sorted(p.name for p in (out / "output").glob("*.safetensors"))
+    assert lora_files == ["smithy-000001.safetensors", "smithy-000002.safetensors", "smithy-000003.safetensors",
+                          "smithy.safetensors"]
+    assert len(list((out / "output" / "sample").glob("smithy_e*_s*.png"))) == 2
+    assert list((out / "output" / "logs").rglob("events.out.tfevents*"))
+    tensors, metadata = load_lora_file(out / "output" / "smithy.safetensors")
+    assert metadata["ss_sd_model_name"] == "tiny-sd1.safetensors" and metadata["ss_epoch"] == "4"
+    # a second demo run in the same folder replaces only its own earlier demo files
+    again = subprocess.run([sys.executable, "-m", "lorasmith", "demo", "--output_dir", str(out),
+                            "--max_train_epochs", "1"], capture_output=True, text=True, timeout=600, env=env())
+    assert again.returncode == 0, again.stderr[-2000:]

@@ -304,7 +304,9 @@ class Trainer:
         dirs = {s.folder.name: {"n_repeats": s.repeats, "img_count": len(s.images)} for s in data.train.subsets}
         return build_metadata(
             self.config, family=self.base.family, v_prediction=self.base.v_prediction,
-            base_model_name=self.base.name, base_model_hashes=self.base.info, epoch=epoch, steps=step,
+            # sd-scripts records the checkpoint's file name, extension included
+            base_model_name=Path(self.config.pretrained_model_name_or_path).name or self.base.name,
+            base_model_hashes=self.base.info, epoch=epoch, steps=step,
             max_steps=self.total_steps, num_train_images=data.train.samples_per_epoch,
             num_reg_images=data.reg.samples_per_epoch if data.reg else 0, dataset_dirs=dirs,
             tag_frequency=tag_frequency(captions), bucket_info=_bucket_info(data.plan.bucket_counts),
