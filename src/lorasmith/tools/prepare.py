@@ -156,6 +156,8 @@ def prepare_dataset(
         raise ToolError(f"repeats must be at least 1, got {repeats}")
     if reg_images_dir and not reg_data_dir:
         raise ToolError("regularisation images need a reg_data_dir (--reg_data_dir DIR) to be copied into")
+    if reg_data_dir and not reg_images_dir:
+        raise ToolError("a reg_data_dir needs the regularisation images to copy (--reg_src DIR)")
     if reg_images_dir and not class_name:
         raise ToolError("regularisation folders are named after the class; give the class (--class, e.g. girl)")
     train_root = Path(train_data_dir).expanduser()

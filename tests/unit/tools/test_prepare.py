@@ -75,6 +75,8 @@ def test_a_non_empty_destination_needs_overwrite_and_files_are_never_replaced(tm
     ({"repeats": 2, "target_steps": 100}, "either repeats or target_steps"),
     ({"repeats": 0}, "repeats must be at least 1"),
     ({"target_steps": 100, "batch_size": 0}, "batch_size must be at least 1"),
+    ({"repeats": 1, "reg_data_dir": "reg"}, "needs the regularisation images"),
+    ({"repeats": 1, "reg_images_dir": "raw"}, "need a reg_data_dir"),
 ])
 def test_bad_step_arguments_are_one_line_errors(tmp_path, raw, kwargs, message):
     with pytest.raises(ToolError, match=message):
