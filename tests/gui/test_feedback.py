@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lorasmith import api
 from lorasmith.errors import ToolError
 from lorasmith.events import FileWritten, Message, Progress
 from lorasmith.gui.feedback import run_tool
+
+# The handlers also pop their mistakes up as Gradio toasts, which outside a page are UserWarnings.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 
 
 def test_a_missing_tool_is_a_readable_line():

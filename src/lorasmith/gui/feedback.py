@@ -54,6 +54,11 @@ class ToolOutcome:
     status: str
     files: list = field(default_factory=list)
 
+    @property
+    def report(self) -> str:
+        """The result's report (its `.lines()`) or, when the call failed, the line saying why."""
+        return self.status if self.result is None else report_markdown(self.result)
+
 
 def run_tool(name: str, *args, progress: Callable | None = None, **kwargs) -> ToolOutcome:
     """Call `lorasmith.api.<name>`; its messages become the status, its Progress drives `progress`

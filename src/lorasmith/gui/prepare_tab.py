@@ -18,18 +18,19 @@ FILLED_KEYS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
 
 
 def prepare(trigger, class_name, images, repeats, reg_images, reg_repeats, destination, progress=gr.Progress()):
-    """Run api.prepare_dataset; answer [status, *FILLED_KEYS values] (skipped when it failed)."""
+    """api.prepare_project (kohya_ss's img/ reg/ model/ log/ layout) -> [status, *FILLED_KEYS values];
+    the folders are left as they are when it fails."""
     skip = [gr.skip()] * len(FILLED_KEYS)
     if not (trigger or "").strip() or not (images or "").strip() or not (destination or "").strip():
         return [toast_if_error(error_line("give the trigger word, the images folder and a destination")), *skip]
     outcome = run_tool(
-        "prepare_dataset", images.strip(), destination.strip(), trigger=trigger.strip(),
-        class_name=(class_name or "").strip(), repeats=int(repeats), reg_images_dir=(reg_images or "").strip() or None,
-        reg_repeats=int(reg_repeats), progress=progress)
+        "prepare_project", images.strip(), destination.strip(), trigger.strip(), (class_name or "").strip(),
+        repeats=int(repeats), reg_images_dir=(reg_images or "").strip() or None, reg_repeats=int(reg_repeats),
+        progress=progress)
     if outcome.result is None:
         return [outcome.status, *skip]
-    folders = [getattr(outcome.result, key, None) or "" for key in FILLED_KEYS]
-    return [outcome.status + "  \nThe Folders section now points at the prepared folders.", *map(str, folders)]
+    folders = [str(getattr(outcome.result, key) or "") for key in FILLED_KEYS]
+    return [outcome.report + "\nThe Folders section now points at these folders.", *folders]
 
 
 def build_prepare_tab(browse_root: str, fields: dict) -> list:

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from lorasmith.config.schema import SAMPLERS
-from lorasmith.gui.feedback import error_line, load_pictures, report_markdown, run_tool, toast_if_error
+from lorasmith.gui.feedback import error_line, load_pictures, run_tool, toast_if_error
 from lorasmith.gui.paths import path_chooser
 
 
@@ -56,8 +56,10 @@ def grid(run_dir, base_model, prompt, weights, seed, progress=gr.Progress()):
 
 
 def evaluate(run_dir, base_model, progress=gr.Progress()):
+    """(report, validation-loss plot) of every saved epoch of a run."""
     outcome = run_tool("evaluate", run_dir.strip(), base_model=base_model.strip() or None, progress=progress)
-    return outcome.status if outcome.result is None else report_markdown(outcome.result)
+    plot = getattr(outcome.result, "plot_path", None)
+    return outcome.report, (load_pictures([plot])[0][0] if plot else None)
 
 
 # ---- layout -----------------------------------------------------------------------------------------
@@ -83,9 +85,13 @@ def build_testing_tab(browse_root: str) -> None:
             grid_image = gr.Gallery(label="Epochs x weights", columns=1, height=520)
             make.click(grid, inputs=[run_dir, base_model, prompt, weights, grid_seed], outputs=[status, grid_image])
         with gr.Tab("Best epoch", id="best-epoch"):
+            gr.Markdown("A validation loss for every saved epoch (fixed noise and timesteps): the lowest is "
+                        "usually the epoch to keep. Check it against the grid.")
             run = gr.Button("Report the best epoch", variant="primary")
-            report = gr.Markdown(elem_id="best-epoch-report")
-            run.click(evaluate, inputs=[run_dir, base_model], outputs=report)
+            with gr.Row():
+                report = gr.Markdown(elem_id="best-epoch-report")
+                plot = gr.Image(label="Validation loss per epoch", type="pil", interactive=False)
+            run.click(evaluate, inputs=[run_dir, base_model], outputs=[report, plot])
 
 
 def _generate_panel(base_model, prompt, status) -> None:

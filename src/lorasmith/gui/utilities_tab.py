@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from lorasmith.gui.feedback import error_line, report_markdown, run_tool, toast_if_error
+from lorasmith.gui.feedback import error_line, run_tool, toast_if_error
 from lorasmith.gui.paths import path_chooser
 
 _CAPTION_EXTENSION_INFO = "Caption files are written beside the images with this extension."
@@ -27,22 +27,25 @@ def _need_folder(folder: str) -> str | None:
 # ---- handlers: widget values -> one api call -> what the page shows -----------------------------
 
 
-def caption_wd14(folder, threshold, character_threshold, prepend, extension, overwrite, progress=gr.Progress()):
+def caption_wd14(folder, model, threshold, character_threshold, exclude, trigger, extension, overwrite,
+                 progress=gr.Progress()):
     return _need_folder(folder) or run_tool(
-        "caption_wd14", folder.strip(), threshold=threshold, character_threshold=character_threshold,
-        prepend=_tags(prepend), caption_extension=extension, overwrite=overwrite, progress=progress).status
+        "caption_wd14", folder.strip(), (model or "").strip() or None, general_threshold=threshold,
+        character_threshold=character_threshold, exclude_tags=_tags(exclude), trigger=(trigger or "").strip(),
+        caption_extension=extension, overwrite=overwrite, progress=progress).report
 
 
-def caption_blip(folder, prefix, beams, max_length, extension, overwrite, progress=gr.Progress()):
+def caption_blip(folder, model, prefix, trigger, beams, max_length, extension, overwrite, progress=gr.Progress()):
     return _need_folder(folder) or run_tool(
-        "caption_blip", folder.strip(), prefix=prefix, num_beams=int(beams), max_length=int(max_length),
-        caption_extension=extension, overwrite=overwrite, progress=progress).status
+        "caption_blip", folder.strip(), (model or "").strip() or None, prefix=prefix or "",
+        trigger=(trigger or "").strip(), num_beams=int(beams), max_length=int(max_length),
+        caption_extension=extension, overwrite=overwrite, progress=progress).report
 
 
-def caption_basic(folder, text, extension, overwrite, progress=gr.Progress()):
+def caption_basic(folder, text, prefix, postfix, trigger, extension, overwrite, progress=gr.Progress()):
     return _need_folder(folder) or run_tool(
-        "caption_basic", folder.strip(), text, caption_extension=extension, overwrite=overwrite,
-        progress=progress).status
+        "caption_basic", folder.strip(), text or "", prefix=prefix or "", postfix=postfix or "",
+        trigger=(trigger or "").strip(), caption_extension=extension, overwrite=overwrite, progress=progress).report
 
 
 def tag_table(folder, extension):
@@ -66,20 +69,17 @@ def edit_tags(folder, extension, add, remove, replace_old, replace_new):
     missing = _need_folder(folder)
     if missing:
         return missing, gr.skip()
-    replace = {replace_old.strip(): replace_new.strip()} if (replace_old or "").strip() else {}
+    replace = {replace_old.strip(): (replace_new or "").strip()} if (replace_old or "").strip() else None
     outcome = run_tool("edit_tags", folder.strip(), add=_tags(add), remove=_tags(remove), replace=replace,
                        caption_extension=extension)
     if outcome.result is None:
         return outcome.status, gr.skip()
-    return outcome.status, tag_table(folder, extension)[1]
+    return outcome.report, tag_table(folder, extension)[1]
 
 
-def doctor(folder, extension, progress=gr.Progress()):
-    missing = _need_folder(folder)
-    if missing:
-        return missing
-    outcome = run_tool("doctor_dataset", folder.strip(), caption_extension=extension, progress=progress)
-    return outcome.status if outcome.result is None else report_markdown(outcome.result)
+def doctor(folder, extension, resolution, progress=gr.Progress()):
+    return _need_folder(folder) or run_tool(
+        "doctor_dataset", folder.strip(), resolution=resolution, caption_extension=extension, progress=progress).report
 
 
 # ---- layout -------------------------------------------------------------------------------------------
@@ -97,35 +97,45 @@ def build_utilities_tab(browse_root: str) -> None:
         with gr.Tab("Tag editor", id="tag-editor"):
             _tag_editor(folder, extension)
         with gr.Tab("Dataset doctor", id="doctor"):
+            resolution = gr.Textbox("512,512", label="Training resolution", info="To check buckets and sizes.")
             check = gr.Button("Check the dataset", variant="primary")
             report = gr.Markdown(elem_id="doctor-report")
-            check.click(doctor, inputs=[folder, extension], outputs=report)
+            check.click(doctor, inputs=[folder, extension, resolution], outputs=report)
 
 
 def _captioning(folder, extension) -> None:
-    status = gr.Markdown(elem_id="caption-status")
-    overwrite = gr.Checkbox(False, label="Overwrite existing captions")
+    with gr.Row():
+        overwrite = gr.Checkbox(False, label="Overwrite existing captions")
+        trigger = gr.Textbox(label="Trigger word", info="Put first in every caption, e.g. mychar.")
     with gr.Tabs():
         with gr.Tab("WD14 (tags)"):
+            model = gr.Textbox(label="WD14 tagger folder", info="A local folder with model.onnx and "
+                               "selected_tags.csv (e.g. a SmilingWolf wd-v1-4 tagger).")
             with gr.Row():
                 threshold = gr.Slider(0.05, 1.0, 0.35, step=0.05, label="General tag threshold")
                 character = gr.Slider(0.05, 1.0, 0.85, step=0.05, label="Character tag threshold")
-            prepend = gr.Textbox(label="Tags to put first", info="Comma separated, e.g. your trigger word.")
-            run = gr.Button("Caption with WD14", variant="primary")
-            run.click(caption_wd14, inputs=[folder, threshold, character, prepend, extension, overwrite],
-                      outputs=status)
+            exclude = gr.Textbox(label="Leave out tags", info="Comma separated.")
+            wd14 = gr.Button("Caption with WD14", variant="primary")
         with gr.Tab("BLIP (sentences)"):
-            prefix = gr.Textbox(label="Prefix", info="Text put before every caption, e.g. your trigger word.")
+            blip_model = gr.Textbox(label="BLIP model folder", info="A local BLIP captioning model folder.")
+            prefix = gr.Textbox(label="Prefix", info="Text put before every caption.")
             with gr.Row():
                 beams = gr.Slider(1, 8, 3, step=1, label="Beams")
                 max_length = gr.Slider(10, 150, 75, step=5, label="Maximum length")
-            run = gr.Button("Caption with BLIP", variant="primary")
-            run.click(caption_blip, inputs=[folder, prefix, beams, max_length, extension, overwrite],
-                      outputs=status)
+            blip = gr.Button("Caption with BLIP", variant="primary")
         with gr.Tab("Basic (fixed text)"):
-            text = gr.Textbox(label="Caption", info="The same caption for every image, e.g. 'mychar, 1girl'.")
-            run = gr.Button("Write captions", variant="primary")
-            run.click(caption_basic, inputs=[folder, text, extension, overwrite], outputs=status)
+            text = gr.Textbox(label="Caption", info="Written where an image has no caption yet, e.g. '1girl'.")
+            with gr.Row():
+                basic_prefix = gr.Textbox(label="Prefix", info="Added before every caption.")
+                postfix = gr.Textbox(label="Postfix", info="Added after every caption.")
+            basic = gr.Button("Write captions", variant="primary")
+    status = gr.Markdown(elem_id="caption-status")
+    wd14.click(caption_wd14, inputs=[folder, model, threshold, character, exclude, trigger, extension, overwrite],
+               outputs=status)
+    blip.click(caption_blip, inputs=[folder, blip_model, prefix, trigger, beams, max_length, extension, overwrite],
+               outputs=status)
+    basic.click(caption_basic, inputs=[folder, text, basic_prefix, postfix, trigger, extension, overwrite],
+                outputs=status)
 
 
 def _tag_editor(folder, extension) -> None:
