@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+from types import SimpleNamespace
+
 import gradio as gr
 import pytest
+from PIL import Image
 
+from lorasmith import api
 from lorasmith.gui import prepare_tab, testing_tab, utilities_tab
 from tests.conftest import write_image
 
@@ -53,3 +58,32 @@ def test_tool_mistakes_are_readable_lines(tmp_path):
     assert status.startswith("⚠️ weights must be numbers") and grid == gr.skip()
     report, plot = testing_tab.evaluate(str(tmp_path / "no-run"), "", progress=None)
     assert report.startswith("⚠️ ") and "Traceback" not in report and plot is None
+
+
+def _checked_fake(monkeypatch, name: str, result, calls: list) -> None:
+    """Replace api.<name> by a fake that insists on being called as the real one can be."""
+    real = getattr(api, name)
+
+    def fake(*args, **kwargs):
+        calls.append(inspect.signature(real).bind(*args, **kwargs).arguments)
+        return result
+
+    monkeypatch.setattr(api, name, fake)
+
+
+def test_testing_handlers_call_the_tools_as_they_are_declared(monkeypatch, tmp_path):
+    picture = write_image(tmp_path / "cell.png")
+    calls: list = []
+    _checked_fake(monkeypatch, "generate", SimpleNamespace(images=[Image.open(picture)], paths=[]), calls)
+    _checked_fake(monkeypatch, "grid", SimpleNamespace(path=picture), calls)
+    _checked_fake(monkeypatch, "evaluate", SimpleNamespace(lines=lambda: ["recommended: epoch 2"], plot_path=picture),
+                  calls)
+
+    status, images = testing_tab.generate("/m.safetensors", "/run/mychar.safetensors", 0.8, "mychar, 1girl", "",
+                                          8, 5.0, 1, 128, "euler_a", "", progress=None)
+    assert len(images) == 1 and calls[-1]["loras"] == [("/run/mychar.safetensors", 0.8)]
+    assert calls[-1]["output_dir"] is None and calls[-1]["width"] == 128
+    status, cells = testing_tab.grid("/run", "", "mychar", "0.6, 0.8 1", 7, progress=None)
+    assert calls[-1]["weights"] == [0.6, 0.8, 1.0] and calls[-1]["base_model"] is None and len(cells) == 1
+    report, plot = testing_tab.evaluate("/run", "", progress=None)
+    assert "recommended: epoch 2" in report and plot.size == (64, 64)
