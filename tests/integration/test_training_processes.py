@@ -87,6 +87,9 @@ def test_readme_demo_command_trains_end_to_end(tmp_path):
     assert list((out / "output" / "logs").rglob("events.out.tfevents*"))
     tensors, metadata = load_lora_file(out / "output" / "smithy.safetensors")
     assert metadata["ss_sd_model_name"] == "tiny-sd1.safetensors" and metadata["ss_epoch"] == "4"
+    import hashlib
+    checkpoint = (out / "base" / "tiny-sd1.safetensors").read_bytes()
+    assert metadata["ss_new_sd_model_hash"] == hashlib.sha256(checkpoint).hexdigest()
     # a second demo run in the same folder replaces only its own earlier demo files
     again = subprocess.run([sys.executable, "-m", "lorasmith", "demo", "--output_dir", str(out),
                             "--max_train_epochs", "1"], capture_output=True, text=True, timeout=600, env=env())

@@ -60,8 +60,27 @@ class Trainer:
         self.result = TrainResult(output_dir=str(self.output_dir))
         self.session_id = uuid.uuid4().hex[:16]
         self.started_at = time.time()
+        self.model_hashes = self._hash_base_in_background()
 
     # ---- set-up -------------------------------------------------------------------------
+
+    def _hash_base_in_background(self):
+        """The checkpoint's full sha256 for ss_new_sd_model_hash, read while training starts.
+
+        hashlib releases the GIL on large blocks, so this costs a core for a few seconds,
+        not the start-up time that computing it up front would (sd-scripts' way).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from lorasmith.models.load import model_hashes
+
+        path = Path(self.config.pretrained_model_name_or_path).expanduser()
+        if not path.is_file() or not self.accelerator.is_main_process:
+            return None
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorasmith-hash")
+        future = executor.submit(model_hashes, path)
+        executor.shutdown(wait=False)
+        return future
 
     def setup(self) -> None:
         from lorasmith.network.lora import create_lora_network
@@ -306,7 +325,7 @@ class Trainer:
             self.config, family=self.base.family, v_prediction=self.base.v_prediction,
             # sd-scripts records the checkpoint's file name, extension included
             base_model_name=Path(self.config.pretrained_model_name_or_path).name or self.base.name,
-            base_model_hashes=self.base.info, epoch=epoch, steps=step,
+            base_model_hashes={**self.base.info, **(self.model_hashes.result() if self.model_hashes else {})}, epoch=epoch, steps=step,
             max_steps=self.total_steps, num_train_images=data.train.samples_per_epoch,
             num_reg_images=data.reg.samples_per_epoch if data.reg else 0, dataset_dirs=dirs,
             tag_frequency=tag_frequency(captions), bucket_info=_bucket_info(data.plan.bucket_counts),
