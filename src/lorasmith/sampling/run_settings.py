@@ -54,7 +54,7 @@ def load_for_testing(base_model: str | None, settings: RunSettings = RunSettings
 
     path = base_model or settings.base_model
     if not path:
-        raise ToolError("no base model: give one with --model (this folder has no run record naming it)")
+        raise ToolError("no base model: give the base model file (--model); no run record here names one")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return load_base_model(path, family=settings.model_family, v_parameterization=settings.v_parameterization,
                            allow_pickle=allow_pickle or (settings.allow_pickle and path == settings.base_model),
