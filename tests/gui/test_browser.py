@@ -119,6 +119,17 @@ def test_the_demo_trains_from_the_page_and_survives_a_reload(page):
     screenshot(page, "training-demo-finished")
 
 
+def test_stop_from_the_page_saves_the_lora_and_ends(page):
+    page.locator("#load-demo").click()  # the earlier demo run is replaced
+    expect(page.locator("#config-status")).to_contain_text("Demo loaded")
+    page.locator("#start-training").click()
+    expect(page.locator("#run-progress")).to_contain_text(re.compile(r"train step [1-9]"), timeout=90_000)
+    page.locator("#stop-training").click()
+    expect(page.locator("#run-status")).to_contain_text("Stop requested")
+    expect(page.locator("#run-progress")).to_contain_text("Stopped: the LoRA was saved", timeout=60_000)
+    expect(page.locator("#run-files")).to_contain_text(re.compile(r"lora: \S*smithy\S*\.safetensors"))
+
+
 @pytest.mark.parametrize("tab", ["Utilities", "Testing"])
 def test_the_other_tabs_open(page, tab):
     page.get_by_role("tab", name=tab, exact=True).click()
