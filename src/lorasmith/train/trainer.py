@@ -341,7 +341,8 @@ class Trainer:
         self.base.vae.to(self.accelerator.device)
         written = sample_during_training(self.base, read_prompts_file(self.config.sample_prompts),
                                          self.output_dir, self.config.output_name, epoch, step,
-                                         self.config.sample_sampler, clip_skip=self.config.clip_skip)
+                                         self.config.sample_sampler, clip_skip=self.config.clip_skip,
+                                         events=self.events)
         for path in written:
             self.events(FileWritten(str(path), "sample"))
         if self.cache is not None:
