@@ -1,19 +1,18 @@
 """How the page reports outcomes: one readable status line, and a toast for mistakes.
 
-A `LorasmithError` is the user's to fix: its one-line message goes on the page. Tools that
-other modules are still adding to `lorasmith.api` are looked up by name at click time, so a
-missing one is a readable line too, never an import error at start-up.
+A `LorasmithError` is the user's to fix: its one-line message goes on the page; anything
+else is a bug in lorasmith and keeps its traceback (Gradio shows "Error", the terminal why).
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lorasmith.errors import LorasmithError, ToolError
-from lorasmith.events import FileWritten, Message, Progress
+from lorasmith.errors import LorasmithError
+from lorasmith.events import Message, Progress
 
 ERROR_MARK = "⚠️ "
 
@@ -36,23 +35,12 @@ def toast_if_error(status: str) -> str:
     return status
 
 
-def api_function(name: str) -> Callable:
-    """`lorasmith.api.<name>`, or a ToolError saying this build does not have it."""
-    from lorasmith import api
-
-    function = getattr(api, name, None)
-    if function is None:
-        raise ToolError(f"this lorasmith build has no '{name}' tool yet; update lorasmith to use it")
-    return function
-
-
 @dataclass
 class ToolOutcome:
-    """What a tool call gave back: its result (None when it failed), a status line, files written."""
+    """What a tool call gave back: its result (None when it failed) and a status line."""
 
     result: Any
     status: str
-    files: list = field(default_factory=list)
 
     @property
     def report(self) -> str:
@@ -63,25 +51,24 @@ class ToolOutcome:
 def run_tool(name: str, *args, progress: Callable | None = None, **kwargs) -> ToolOutcome:
     """Call `lorasmith.api.<name>`; its messages become the status, its Progress drives `progress`
     (a `gr.Progress`), a LorasmithError becomes one readable line."""
+    from lorasmith import api
+
     messages: list[str] = []
-    files: list[str] = []
 
     def sink(event) -> None:
         if isinstance(event, Progress) and progress is not None and event.total:
             progress((event.done, event.total), desc=event.task)
         elif isinstance(event, Message):
             messages.append(("warning: " if event.level == "warning" else "") + event.text)
-        elif isinstance(event, FileWritten):
-            files.append(event.path)
 
     try:
-        function = api_function(name)
+        function = getattr(api, name)
         if "events" in inspect.signature(function).parameters:
             kwargs["events"] = sink
         result = function(*args, **kwargs)
     except LorasmithError as error:
-        return ToolOutcome(None, toast_if_error(error_line(error)), files)
-    return ToolOutcome(result, "  \n".join(messages[-12:]) or "Done.", files)
+        return ToolOutcome(None, toast_if_error(error_line(error)))
+    return ToolOutcome(result, "  \n".join(messages[-12:]) or "Done.")
 
 
 def text_block(lines: list[str]) -> str:

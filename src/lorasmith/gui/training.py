@@ -14,7 +14,7 @@ from typing import Sequence
 from lorasmith.config.schema import with_values
 from lorasmith.errors import ConfigError, LorasmithError
 from lorasmith.gui import form
-from lorasmith.gui.feedback import ERROR_MARK, api_function, error_line, is_error, load_pictures, text_block
+from lorasmith.gui.feedback import ERROR_MARK, error_line, is_error, load_pictures, text_block
 from lorasmith.gui.runner import RunState, TrainingRunner
 
 
@@ -79,9 +79,11 @@ def apply_preset(name: str, values: Sequence) -> FormAnswer:
 
 def load_demo(output_dir: str) -> FormAnswer:
     """The embedded tiny model and bundled dataset, ready to Start; an earlier demo run is replaced."""
+    from lorasmith import api
+
     try:
-        config = api_function("demo_config")(output_dir)
-        if api_function("is_previous_demo")(config):
+        config = api.demo_config(output_dir)
+        if api.is_previous_demo(config):
             config = with_values(config, {"overwrite": True})
     except LorasmithError as error:
         return FormAnswer(error_line(error))
