@@ -56,13 +56,8 @@ def tag_table(folder, extension):
     outcome = run_tool("tag_frequencies", folder.strip(), caption_extension=extension)
     if outcome.result is None:
         return outcome.status, gr.skip()
-    rows = [[tag, count] for tag, count in _as_pairs(outcome.result)]
+    rows = [[tag, count] for tag, count in outcome.result.items()]  # most frequent first
     return f"{len(rows)} different tags.", rows
-
-
-def _as_pairs(frequencies) -> list:
-    items = frequencies.items() if hasattr(frequencies, "items") else frequencies
-    return sorted(((str(tag), int(count)) for tag, count in items), key=lambda pair: (-pair[1], pair[0]))
 
 
 def edit_tags(folder, extension, add, remove, replace_old, replace_new):
