@@ -1,0 +1,122 @@
+"""The trainer's pure parts: optimizers and schedulers by name, the loss step, captions, the latent cache."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from lorasmith.dataset.captions import prepare_caption, tag_frequency
+from lorasmith.errors import ConfigError, TrainingError
+from lorasmith.train.optim import build_optimizer, build_scheduler, parse_optimizer_args
+from lorasmith.train.step import draw_noise, min_snr_weights
+
+
+def params():
+    return [torch.nn.Parameter(torch.ones(4, 4))]
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Lion", "Prodigy", "Adafactor"])
+def test_each_optimizer_builds_and_steps(name):
+    weights = params()
+    optimizer = build_optimizer(name, [{"params": weights, "lr": 1e-2}], 1e-2, [])
+    weights[0].grad = torch.ones(4, 4)
+    optimizer.step()
+    assert not torch.equal(weights[0].detach(), torch.ones(4, 4))
+
+
+def test_adamw8bit_on_cpu_says_what_to_do():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(TrainingError, match="needs a CUDA GPU .* use AdamW"):
+        build_optimizer("AdamW8bit", [{"params": params()}], 1e-4, [])
+
+
+def test_optimizer_args_are_parsed_and_checked():
+    assert parse_optimizer_args(["weight_decay=0.01", "betas=0.9,0.99"]) == {"weight_decay": 0.01, "betas": (0.9, 0.99)}
+    optimizer = build_optimizer("AdamW", [{"params": params()}], 1e-4, ["weight_decay=0.05"])
+    assert optimizer.param_groups[0]["weight_decay"] == 0.05
+    with pytest.raises(ConfigError, match="name=value"):
+        parse_optimizer_args(["0.01"])
+    with pytest.raises(ConfigError, match="optimizer_args do not fit AdamW"):
+        build_optimizer("AdamW", [{"params": params()}], 1e-4, ["no_such_option=1"])
+
+
+@pytest.mark.parametrize("name,at_10,at_end", [
+    ("constant", 1.0, 1.0), ("constant_with_warmup", 1.0, 1.0), ("linear", 1.0, 0.0),
+    ("cosine", 1.0, 0.0), ("cosine_with_restarts", 1.0, 0.0),
+])
+def test_schedulers_warm_up_and_decay(name, at_10, at_end):
+    optimizer = torch.optim.SGD(params(), lr=1.0)
+    scheduler = build_scheduler(name, optimizer, warmup_steps=10, total_steps=100, num_cycles=2)
+    lrs = []
+    for _ in range(100):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    if name != "constant":
+        assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5)
+    assert lrs[10] == pytest.approx(at_10)
+    assert lrs[-1] == pytest.approx(at_end, abs=0.02)
+    if name == "cosine_with_restarts":
+        assert max(lrs[60:]) > 0.9  # the second cycle starts high again
+
+
+def test_noise_is_replayable_and_offset_noise_shifts_channels():
+    latents = torch.zeros(2, 4, 8, 8)
+    a = draw_noise(latents, 1000, torch.Generator().manual_seed(3))
+    b = draw_noise(latents, 1000, torch.Generator().manual_seed(3))
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.timesteps, b.timesteps)
+    plain = draw_noise(latents, 1000, torch.Generator().manual_seed(3), noise_offset=0.0).noise
+    offset = draw_noise(latents, 1000, torch.Generator().manual_seed(3), noise_offset=0.5).noise
+    shift = (offset - plain).reshape(2, 4, -1)
+    assert torch.allclose(shift, shift[..., :1].expand_as(shift))  # one constant per channel
+    assert shift.abs().max() > 0
+
+
+def test_min_snr_weights_clip_high_snr_only():
+    from lorasmith.models.tiny import noise_scheduler_config
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**noise_scheduler_config(False))
+    timesteps = torch.tensor([0, 500, 999])
+    weights = min_snr_weights(scheduler, timesteps, gamma=5.0, v_prediction=False)
+    assert weights[0] < 0.05 and weights[2] == pytest.approx(1.0)
+    v_weights = min_snr_weights(scheduler, timesteps, gamma=5.0, v_prediction=True)
+    assert torch.all(v_weights < weights + 1e-6)
+
+
+def test_caption_shuffle_keeps_the_first_tokens_and_dropout_empties():
+    caption = "mychar, 1girl, red hair, smile, outdoors, hat"
+    rng = random.Random(0)
+    shuffled = {prepare_caption(caption, rng, shuffle=True, keep_tokens=2) for _ in range(20)}
+    assert len(shuffled) > 1
+    assert all(s.startswith("mychar, 1girl, ") and sorted(s.split(", ")) == sorted(caption.split(", "))
+               for s in shuffled)
+    assert prepare_caption(caption, random.Random(0), dropout_rate=1.0) == ""
+    assert tag_frequency({"10_a": [caption, "mychar, smile"]})["10_a"]["smile"] == 2
+
+
+def test_disk_latent_cache_is_reused_until_the_image_changes(tmp_path):
+    from tests.conftest import write_image
+    from lorasmith.dataset import latent_cache
+    from lorasmith.models.tiny import tiny_base_model
+
+    vae = tiny_base_model("sd1").vae
+    image = write_image(tmp_path / "10_a" / "a.png", (64, 64), seed=1)
+    buckets = {image: (64, 64)}
+    first = latent_cache.cache_latents(vae, buckets, 0.18215, to_disk=True)
+    entry = latent_cache.cache_path(image, (64, 64))
+    assert entry.is_file() and entry.parent.name.startswith(".")
+    encoded = []
+    original = latent_cache.encode_latents
+    latent_cache.encode_latents = lambda *a, **k: encoded.append(1) or original(*a, **k)
+    try:
+        again = latent_cache.cache_latents(vae, buckets, 0.18215, to_disk=True)
+        assert encoded == [] and torch.equal(again[image].latents, first[image].latents)
+        write_image(image, (64, 64), seed=2)  # the user edits the picture
+        changed = latent_cache.cache_latents(vae, buckets, 0.18215, to_disk=True)
+        assert encoded == [1] and not torch.equal(changed[image].latents, first[image].latents)
+    finally:
+        latent_cache.encode_latents = original
