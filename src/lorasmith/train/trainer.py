@@ -67,8 +67,9 @@ class Trainer:
     def _hash_base_in_background(self):
         """The checkpoint's full sha256 for ss_new_sd_model_hash, read while training starts.
 
-        hashlib releases the GIL on large blocks, so this costs a core for a few seconds,
-        not the start-up time that computing it up front would (sd-scripts' way).
+        hashlib releases the GIL on large blocks, and the thread runs at the lowest priority, so
+        it uses the CPU training leaves idle instead of adding seconds to start-up (sd-scripts
+        hashes up front). The first save waits for it if it is not done.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -78,7 +79,7 @@ class Trainer:
         if not path.is_file() or not self.accelerator.is_main_process:
             return None
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorasmith-hash")
-        future = executor.submit(model_hashes, path)
+        future = executor.submit(_low_priority, model_hashes, path)
         executor.shutdown(wait=False)
         return future
 
@@ -356,6 +357,17 @@ class Trainer:
             self.record.status = status
             self.record.write()
         self.accelerator.end_training()
+
+
+def _low_priority(function, *args):
+    """Run `function` in this thread at the lowest CPU priority, so training never waits for it."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: per-thread nice
+    except (AttributeError, OSError):  # other systems: just run it
+        pass
+    return function(*args)
 
 
 def _bucket_info(counts: dict) -> dict:
