@@ -179,14 +179,16 @@ def generate(base_model: str | None, prompt: str, loras: list = (), negative_pro
     Returns a GenerationResult (.images as PIL images, .paths, .parameters). A seed below 0 draws one.
     """
     from lorasmith.events import FileWritten
-    from lorasmith.sampling.generate import GenerationRequest, GenerationResult, generate_images
+    from lorasmith.sampling.generate import GenerationRequest, GenerationResult, check_prompt_loras, generate_images
     from lorasmith.sampling.run_settings import RunSettings, load_for_testing
 
+    # Settings and LoRA names are checked first: loading a real base model takes a while.
+    request = GenerationRequest(prompt, negative_prompt, width, height, steps, cfg_scale, seed, sampler, batch_size,
+                                clip_skip)
+    check_prompt_loras(prompt, list(loras), list(lora_dirs))
     base = base or load_for_testing(base_model, RunSettings(model_family=model_family,
                                                             v_parameterization=v_parameterization),
                                     precision, allow_pickle)
-    request = GenerationRequest(prompt, negative_prompt, width, height, steps, cfg_scale, seed, sampler, batch_size,
-                                clip_skip)
     made = generate_images(base, [request], list(loras), list(lora_dirs), events, output_dir, precision=precision)
     for item in made:
         if item.path is not None:
@@ -201,6 +203,7 @@ def grid(run_dir: str | None, prompt: str, weights: list = (0.4, 0.6, 0.8, 1.0),
          output_dir: str | None = None, allow_pickle: bool = False, precision: str = "no",
          events: EventSink = ignore_events, base=None):
     """An X/Y grid: columns are LoRA weights; rows the run's epoch files (or `loras`, or `prompts` with `lora`)."""
+    from lorasmith.sampling.generate import GenerationRequest
     from lorasmith.sampling.grid import make_grid
     from lorasmith.sampling.run_settings import free_name, load_for_testing, run_settings
     from lorasmith.sampling.runs import run_loras
@@ -210,12 +213,14 @@ def grid(run_dir: str | None, prompt: str, weights: list = (0.4, 0.6, 0.8, 1.0),
     if run_dir and not loras and not prompts:
         found = run_loras(run_dir, settings.output_name)
         loras, labels = [lora.path for lora in found], [lora.label for lora in found]
+    width, height = width or settings.resolution[0], height or settings.resolution[1]
+    GenerationRequest(prompt, negative_prompt, width, height, steps, cfg_scale, seed, sampler)  # checks, before loading
     base = base or load_for_testing(base_model, settings, precision, allow_pickle)
     out = Path(output_dir or Path(run_dir or ".") / "grids").expanduser()
     return make_grid(
         base, prompt, seed, list(weights), y_loras=loras, y_prompts=prompts, lora=lora, y_labels=labels,
         output_dir=out, name=free_name(out, "xy_grid"), negative_prompt=negative_prompt, steps=steps,
-        cfg_scale=cfg_scale, width=width or settings.resolution[0], height=height or settings.resolution[1],
+        cfg_scale=cfg_scale, width=width, height=height,
         sampler=sampler, clip_skip=clip_skip or settings.clip_skip, precision=precision, events=events)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lorasmith.errors import ToolError
 from lorasmith.events import EventSink, Message, Progress, ignore_events
 from lorasmith.models.base import BaseModel
 from lorasmith.sampling.lora_tags import extract_lora_tags, resolve_lora
@@ -39,6 +41,19 @@ class GenerationRequest:
     sampler: str = "euler_a"
     batch_size: int = 1
     clip_skip: int = 1
+
+    def __post_init__(self) -> None:
+        # Checked here, before any model is loaded: diffusers would fail deep inside with a traceback.
+        from lorasmith.sampling.samplers import SAMPLER_TABLE
+
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value < 8 or value % 8:
+                raise ToolError(f"{name} must be a multiple of 8 (e.g. 512), got {value}")
+        for name, value in (("steps", self.steps), ("batch_size", self.batch_size)):
+            if value < 1:
+                raise ToolError(f"{name} must be 1 or more, got {value}")
+        if self.sampler not in SAMPLER_TABLE:
+            raise ToolError(f"unknown sampler '{self.sampler}'; use one of {', '.join(SAMPLER_TABLE)}")
 
 
 @dataclass
@@ -84,11 +99,13 @@ def generate_images(base: BaseModel, requests: list[GenerationRequest], loras: l
                     precision: str = "no") -> list[GeneratedImage]:
     """Images for each request with `loras` (and the prompt's <lora:...> tags) merged in.
 
-    With `output_dir`, each image is saved as `<file_stem>_<nnnnn>_<seed>.png`. `precision`
-    ("fp16"/"bf16") turns on autocast on a GPU; a CPU always computes in float32.
+    With `output_dir`, each image is saved as `<file_stem>_<nnnnn>_<seed>.png`, numbered on from
+    the images already there (as A1111 does), so a second run never replaces the first's.
+    `precision` ("fp16"/"bf16") turns on autocast on a GPU; a CPU always computes in float32.
     """
     total = sum(r.batch_size for r in requests)
     results: list[GeneratedImage] = []
+    first = next_image_number(output_dir, file_stem) if output_dir is not None else 0
     for request in requests:
         prompt, tags = extract_lora_tags(request.prompt)
         chosen = _with_tags(list(loras), tags, lora_dirs)
@@ -100,11 +117,26 @@ def generate_images(base: BaseModel, requests: list[GenerationRequest], loras: l
             params = parameters_for(base, request, request.seed + index, hashes)
             item = GeneratedImage(image, params)
             if output_dir is not None:
-                name = f"{file_stem}_{len(results):05d}_{request.seed + index}.png"
+                name = f"{file_stem}_{first + len(results):05d}_{request.seed + index}.png"
                 item.path = save_png(image, Path(output_dir) / name, params)
             results.append(item)
             events(Progress("generate", len(results), total))
     return results
+
+
+def next_image_number(folder: str | os.PathLike, file_stem: str) -> int:
+    """One more than the highest `<file_stem>_<nnnnn>_*.png` number in `folder` (0 when none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    pattern = re.compile(rf"^{re.escape(file_stem)}_(\d{{5,}})_")
+    numbers = [int(match.group(1)) for path in folder.glob("*.png") if (match := pattern.match(path.name))]
+    return max(numbers, default=-1) + 1
+
+
+def check_prompt_loras(prompt: str, loras: list[LoraSource], lora_dirs: list[str | os.PathLike]) -> None:
+    """Find the prompt's <lora:name> files now, so that a missing one fails before a model loads."""
+    _with_tags(list(loras), extract_lora_tags(prompt)[1], lora_dirs)
 
 
 def sample_during_training(base: BaseModel, prompts: list[SamplePrompt], output_dir: str | os.PathLike,

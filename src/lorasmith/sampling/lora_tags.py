@@ -46,5 +46,8 @@ def resolve_lora(name: str, places: list[str | os.PathLike]) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    where = ", ".join(str(p) for p in places) or "no LoRA folder"
+    if not places:  # the README's first try: a tag, but no folder to look in
+        raise ToolError(f"no LoRA file named '{name}': no folder to look in; give the folder holding "
+                        f"{name}.safetensors with --lora_dir (e.g. your output_dir), or its path with --lora")
+    where = ", ".join(str(p) for p in places)
     raise ToolError(f"no LoRA file named '{name}' in {where}; give its folder or path with --lora_dir/--lora")

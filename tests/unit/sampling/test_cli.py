@@ -44,6 +44,21 @@ def test_generate_user_mistake_is_one_line(model_file, tmp_path, capsys):
                  "--width", "64", "--height", "64", "--output_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no LoRA file named 'nobody'") and err.count("\n") == 1
+    assert "--lora_dir" in err  # what to do: no folder was given to look in
+
+
+def test_generate_and_grid_check_before_loading_the_model(run_dir, tmp_path, capsys):
+    # The model path does not exist: reaching the settings' error proves they are checked first.
+    for options, message in ((["--width", "100"], "width must be a multiple of 8"),
+                             (["--prompt", "x <lora:nobody:1>"], "no LoRA file named 'nobody'")):
+        code = main(["generate", "--model", str(tmp_path / "missing.safetensors"), "--output_dir", str(tmp_path),
+                     *options])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1
+    code = main(["grid", "--run_dir", str(run_dir), "--model", str(tmp_path / "missing.safetensors"),
+                 "--width", "100"])
+    err = capsys.readouterr().err
+    assert code == 2 and "width must be a multiple of 8" in err and err.count("\n") == 1
 
 
 def test_grid_and_evaluate_from_a_run_folder(model_file, run_dir, tmp_path, capsys):

@@ -113,3 +113,23 @@ def test_training_samples_are_named_by_epoch_and_step(sd1, tmp_path):
     assert scales == [1.0] and any("ignored" in getattr(e, "text", "") for e in events)
     assert sd1.unet.training  # the trainer's mode comes back
     sd1.unet.eval()
+
+
+def test_a_second_run_numbers_on_and_never_replaces_images(sd1, tmp_path):
+    first = generate_images(sd1, [request()], output_dir=tmp_path)[0]
+    before = first.path.read_bytes()
+    second = generate_images(sd1, [request(prompt="another prompt")], output_dir=tmp_path)[0]
+    assert (first.path.name, second.path.name) == ("image_00000_7.png", "image_00001_7.png")
+    assert first.path.read_bytes() == before
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(width=100), "width must be a multiple of 8"), (dict(height=0), "height must be a multiple of 8"),
+    (dict(steps=0), "steps must be 1 or more"), (dict(batch_size=0), "batch_size must be 1 or more"),
+    (dict(sampler="eulr"), "unknown sampler 'eulr'"),
+])
+def test_impossible_settings_are_one_line_errors(values, message):
+    from lorasmith.errors import ToolError
+
+    with pytest.raises(ToolError, match=message):
+        request(**values)
