@@ -74,11 +74,17 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     """
     import torch
 
+    from lorasmith.train.optim import check_optimizer_available
+    from lorasmith.train.run import guard_outputs
     from lorasmith.train.setup import cpu_only, setup_data, weight_dtype
     from lorasmith.train.trainer import Trainer
 
     for warning in check_config(config, for_training=base is None):
         events(Message(warning, "warning"))
+    # Mistakes found in a second, not after minutes of loading the model and caching latents.
+    check_optimizer_available(config.optimizer_type)
+    if not config.resume:  # a resumed run may replace only the files after its epoch: the trainer checks that
+        guard_outputs(Path(config.output_dir).expanduser(), config.output_name, config.overwrite)
     torch.set_num_threads(config.num_cpu_threads_per_process)
     train_set, reg_set = load_datasets(config)
     data = setup_data(config, train_set, reg_set)

@@ -72,6 +72,22 @@ def test_existing_files_are_never_overwritten_without_the_flag(tiny_train_config
     api.train(with_values(config, {"overwrite": True}), base=tiny_base_model("sd1"))
 
 
+def test_clashing_files_and_an_unusable_optimizer_fail_before_the_model_loads(tiny_train_config, tmp_path):
+    # The base model is not a checkpoint: reaching the early error proves nothing was loaded.
+    not_a_model = tmp_path / "base.safetensors"
+    not_a_model.write_bytes(b"not a checkpoint")
+    config = tiny_train_config(max_train_epochs=1, pretrained_model_name_or_path=str(not_a_model))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mychar.safetensors").write_bytes(b"an earlier run")
+    with pytest.raises(TrainingError, match="already exists.*--overwrite"):
+        api.train(config)
+    assert (tmp_path / "out" / "mychar.safetensors").read_bytes() == b"an earlier run"
+    if not torch.cuda.is_available():
+        from lorasmith.config.schema import with_values
+        with pytest.raises(TrainingError, match="AdamW8bit needs a CUDA GPU"):
+            api.train(with_values(config, {"optimizer_type": "AdamW8bit", "overwrite": True}))
+
+
 def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_train_config, tmp_path):
     from lorasmith.config.schema import with_values
 

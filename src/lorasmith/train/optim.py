@@ -23,13 +23,22 @@ def parse_optimizer_args(items: list[str]) -> dict:
     return kwargs
 
 
-def _adamw8bit(groups, lr, **kwargs):
+def check_optimizer_available(name: str) -> None:
+    """Raise now, before a model loads, for an optimizer this machine cannot run (the 8gb preset's AdamW8bit)."""
+    if name != "AdamW8bit":
+        return
     if not torch.cuda.is_available():
         raise TrainingError("optimizer_type AdamW8bit needs a CUDA GPU (bitsandbytes); use AdamW on this machine")
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes  # noqa: F401
     except ImportError:
         raise TrainingError("AdamW8bit needs bitsandbytes: pip install 'lorasmith[cuda]'") from None
+
+
+def _adamw8bit(groups, lr, **kwargs):
+    check_optimizer_available("AdamW8bit")
+    import bitsandbytes as bnb
+
     return bnb.optim.AdamW8bit(groups, lr=lr, **kwargs)
 
 
