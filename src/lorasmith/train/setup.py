@@ -78,7 +78,9 @@ def prepare_base_for_training(base, config: TrainConfig, train_text_encoder: boo
         base.unet.enable_gradient_checkpointing()
         if train_text_encoder:
             for encoder in base.text_encoders:
-                encoder.gradient_checkpointing_enable()
+                # transformers 5 renamed it; the old name prints a FutureWarning in every run.
+                enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+                enable()
     base.unet.train()
     for encoder in base.text_encoders:
         encoder.train(train_text_encoder)  # CLIP has no dropout by default; train() for LoRA dropout

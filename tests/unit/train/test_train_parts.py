@@ -120,3 +120,17 @@ def test_disk_latent_cache_is_reused_until_the_image_changes(tmp_path):
         assert encoded == [1] and not torch.equal(changed[image].latents, first[image].latents)
     finally:
         latent_cache.encode_latents = original
+
+
+def test_gradient_checkpointing_of_the_text_encoder_warns_nothing():
+    import warnings
+
+    from lorasmith.config.schema import TrainConfig, with_values
+    from lorasmith.models.tiny import tiny_base_model
+    from lorasmith.train.setup import prepare_base_for_training
+
+    base = tiny_base_model("sd1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers' deprecated name printed one every run
+        prepare_base_for_training(base, with_values(TrainConfig(), {"gradient_checkpointing": True}), True)
+    assert base.unet.is_gradient_checkpointing and base.text_encoders[0].is_gradient_checkpointing
