@@ -78,7 +78,8 @@ class GenerationResult:
 
 def make_pipeline(base: BaseModel, sampler: str = "euler_a") -> Any:
     """A diffusers text-to-image pipeline sharing `base`'s modules (no copy, no safety checker)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    with _quiet_transformers():
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     scheduler = make_scheduler(sampler, base.noise_scheduler)
     if base.family.name == "sdxl":
@@ -91,6 +92,20 @@ def make_pipeline(base: BaseModel, sampler: str = "euler_a") -> Any:
             scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)  # progress goes through our events
     return pipe
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Importing the pipelines makes transformers warn about torchvision for the safety checker's image
+    processors, which we never use; those lines only puzzled users of generate and grid."""
+    from transformers.utils import logging as transformers_logging
+
+    before = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(before)
 
 
 def generate_images(base: BaseModel, requests: list[GenerationRequest], loras: list[LoraSource] = (),

@@ -133,3 +133,16 @@ def test_impossible_settings_are_one_line_errors(values, message):
 
     with pytest.raises(ToolError, match=message):
         request(**values)
+
+
+def test_making_a_pipeline_prints_no_torchvision_warning():
+    import subprocess
+    import sys
+
+    # A fresh interpreter: transformers warns once per process, on the first import of the pipelines.
+    code = ("from lorasmith.models.tiny import tiny_base_model\n"
+            "from lorasmith.sampling.generate import make_pipeline\n"
+            "make_pipeline(tiny_base_model('sd1'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "torchvision" not in done.stderr + done.stdout
