@@ -243,8 +243,7 @@ def evaluate(run_dir: str, base_model: str | None = None, train_data_dir: str | 
     report = evaluate_run(run_dir, base, images, resolution=resolution or min(settings.resolution),
                           clip_skip=clip_skip or settings.clip_skip, seed=seed, image_source=source,
                           output_dir=output_dir, events=events)
-    events(Message(f"recommended: epoch {report.recommended_epoch} ({report.files[report.recommended_epoch].name})"))
-    return report
+    return report  # report.lines() ends with the recommended epoch
 
 
 # --- dataset tools ---

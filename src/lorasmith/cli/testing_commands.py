@@ -71,14 +71,13 @@ def _grid(args, extra) -> int:
     from lorasmith import api
 
     def call(progress) -> int:
-        result = api.grid(
+        api.grid(
             args.run_dir, args.prompt, weights=args.weights, seed=args.seed, base_model=args.model,
             loras=args.loras or None, prompts=args.row_prompt or None, lora=args.lora,
             negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, width=args.width,
             height=args.height, sampler=args.sampler, clip_skip=args.clip_skip, output_dir=args.output_dir,
             allow_pickle=args.allow_pickle, precision=args.precision, events=progress)
-        print(f"grid: {result.path}\npage: {result.html_path}")
-        return 0
+        return 0  # the grid's files were printed as they were written
 
     if not args.run_dir and not args.loras and not args.row_prompt:
         raise _usage("grid needs --run_dir, --loras or --row_prompt for its rows")
@@ -93,8 +92,7 @@ def _evaluate(args, extra) -> int:
             args.run_dir, base_model=args.model, train_data_dir=args.train_data_dir, resolution=args.resolution,
             clip_skip=args.clip_skip, seed=args.seed, output_dir=args.output_dir, allow_pickle=args.allow_pickle,
             events=progress)
-        print("\n".join(report.lines()))
-        print(f"plot: {report.plot_path}\ntable: {report.table_path}")
+        print("\n".join(report.lines()))  # the plot and table were printed as they were written
         return 0
 
     return _run(call)

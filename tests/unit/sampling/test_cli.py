@@ -77,8 +77,10 @@ def test_grid_and_evaluate_from_a_run_folder(model_file, run_dir, tmp_path, caps
     grid = Image.open(folder / "grids" / "xy_grid.png")
     assert grid.width > 2 * 64 and grid.height > 3 * 64
     assert (folder / "grids" / "xy_grid.html").is_file()
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert out.count("xy_grid.png") == 1 and out.count("xy_grid.html") == 1  # each file named once
     assert main(["evaluate", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "held-out validation images" in out and "recommended: epoch" in out
+    assert out.count("recommended: epoch") == 1 and out.count("validation_loss.png") == 1
     assert (folder / "evaluation" / "validation_loss.png").is_file()
