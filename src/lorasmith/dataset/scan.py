@@ -58,10 +58,20 @@ def parse_subset_name(folder_name: str) -> tuple[int, str]:
     match = _SUBSET_NAME.match(folder_name)
     if not match or int(match.group(1)) < 1:
         raise DatasetError(
-            f"folder '{folder_name}' must be named '<repeats>_<name>', e.g. '10_{folder_name}' "
-            "(repeats: how many times each image is seen per epoch)"
+            f"folder '{folder_name}' must be named '<repeats>_<name>', e.g. '{_suggested_name(folder_name)}' "
+            "(repeats: how many times each image is seen per epoch, 1 or more)"
         )
     return int(match.group(1)), match.group(2)
+
+
+def _suggested_name(folder_name: str) -> str:
+    """The name the user probably meant: 'mychar_10' -> '10_mychar', '10 mychar' -> '10_mychar', '0_x' -> '10_x'."""
+    for pattern, repeats, name in ((r"^(.+?)[_ -](\d+)$", 2, 1), (r"^(\d+)[ -](.+)$", 1, 2), (r"^(0+)_(.+)$", 0, 2)):
+        match = re.match(pattern, folder_name)
+        if match:
+            count = match.group(repeats) if repeats and int(match.group(repeats)) > 0 else "10"
+            return f"{count}_{match.group(name)}"
+    return f"10_{folder_name}"
 
 
 def is_image(path: Path) -> bool:

@@ -14,6 +14,15 @@ def test_subset_names_parse_and_bad_names_show_the_expected_form():
         parse_subset_name("mychar")
 
 
+@pytest.mark.parametrize("folder, meant", [
+    ("mychar_10", "10_mychar"), ("10 mychar girl", "10_mychar girl"), ("10-mychar", "10_mychar"),
+    ("0_mychar", "10_mychar"), ("mychar girl", "10_mychar girl"),
+])
+def test_a_misnamed_folder_suggests_the_name_meant(folder, meant):
+    with pytest.raises(DatasetError, match=f"e.g. '{meant}'"):
+        parse_subset_name(folder)
+
+
 def test_scan_reads_captions_and_falls_back_to_the_folder_name(make_dataset):
     root = make_dataset({"10_mychar girl": 2, "3_other": 1})
     (root / "10_mychar girl" / "img01.txt").unlink()
