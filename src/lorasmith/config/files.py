@@ -2,7 +2,8 @@
 
 Our own files are strict: an unknown key is an error that names the closest valid key.
 kohya_ss GUI JSON files (the kind tutorials hand out) are recognised and translated by
-`kohya_ss.py`; the keys that do not apply come back as one note instead of an error.
+`kohya_ss.py`; the keys that do not apply come back as one note instead of an error. So do
+sd-scripts' own arguments that have no meaning here (`sd_scripts.py`), e.g. `network_module`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from lorasmith.config import kohya_ss
+from lorasmith.config import kohya_ss, sd_scripts
 from lorasmith.config.schema import FIELDS, TrainConfig, field_type, from_dict, unknown_key_error, with_values
 from lorasmith.errors import ConfigError
 
@@ -42,7 +43,7 @@ def read_config_values(path: str | Path) -> tuple[dict, list[str]]:
         raise ConfigError(f"configuration file '{path.name}' must hold key = value pairs")
     if kohya_ss.looks_like_kohya_gui(values):
         return kohya_ss.translate(values)
-    return values, []
+    return sd_scripts.split_unused(values)
 
 
 def _flatten_tables(values: dict) -> dict:

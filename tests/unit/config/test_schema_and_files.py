@@ -103,6 +103,21 @@ def test_sd_scripts_style_toml_tables_are_flattened(tmp_path):
     assert config.v_parameterization and config.train_batch_size == 2
 
 
+def test_sd_scripts_arguments_without_meaning_here_are_one_note_and_typos_still_fail(tmp_path):
+    path = tmp_path / "sd.toml"
+    path.write_text('[network_arguments]\nnetwork_module = "networks.lora"\nnetwork_dim = 8\n'
+                    '[training_arguments]\nxformers = true\npersistent_data_loader_workers = true\n')
+    config, notes = load_config(path)
+    assert config.network_dim == 8
+    assert notes == ["sd-scripts settings not used by lorasmith: xformers, persistent_data_loader_workers"]
+    path.write_text('network_module = "lycoris.kohya"\n')
+    with pytest.raises(ConfigError, match="network_module 'lycoris.kohya' is not trained by lorasmith"):
+        load_config(path)
+    path.write_text('xformers = true\nnetwrok_dim = 8\n')
+    with pytest.raises(ConfigError, match="unknown configuration key 'netwrok_dim'.*did you mean 'network_dim'"):
+        load_config(path)
+
+
 KOHYA_GUI_JSON = {
     "LoRA_type": "Standard", "adaptive_noise_scale": 0, "additional_parameters": "--noise_offset 0.05 --foo",
     "bucket_no_upscale": True, "bucket_reso_steps": 64, "cache_latents": True, "cache_latents_to_disk": False,
