@@ -22,6 +22,20 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
+def test_output_cut_short_by_head_is_no_traceback():
+    import os
+
+    # `| head` closes the pipe while a command still prints; here it is closed before the first line.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "lorasmith", "config", "keys"], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
 def test_config_new_writes_a_commented_preset_and_refuses_to_overwrite(tmp_path, capsys):
     path = tmp_path / "mychar.toml"
     assert main(["config", "new", "--preset", "8gb", str(path), "--network_dim", "64"]) == 0
