@@ -75,6 +75,8 @@ def evaluation_images(run_dir: str | Path, train_data_dir: str | None = None) ->
 
     if train_data_dir:
         return [item.path for _, item in scan_dataset(train_data_dir).items()], "images of the given folder"
+    if not Path(run_dir).expanduser().is_dir():
+        raise ToolError(f"run folder '{run_dir}' does not exist; give the output_dir of a training run")
     try:
         record = read_record(run_dir)
     except Exception:

@@ -161,6 +161,10 @@ def prepare_dataset(
     if reg_images_dir and not class_name:
         raise ToolError("regularisation folders are named after the class; give the class (--class, e.g. girl)")
     train_root = Path(train_data_dir).expanduser()
+    if train_root.resolve() == Path(source).expanduser().resolve():
+        # Copying a folder into a sub-folder of itself mixes raw and prepared images in one place.
+        raise ToolError(f"the training folder '{train_root}' is the folder of raw images; choose a new folder "
+                        "(e.g. --train_data_dir img)")
     folder = subset_folder_name(repeats, name, class_name)
     if reg_images_dir:
         reg_root = Path(reg_data_dir).expanduser()

@@ -73,3 +73,12 @@ def test_evaluate_run_scores_every_epoch_at_fixed_noise(sd1, run_dir, tmp_path):
     lines = report.lines()
     assert any("<- recommended" in line for line in lines) and lines[-1].startswith("recommended: epoch")
     assert [e.done for e in events if hasattr(e, "done")] == [1, 2, 3]
+
+
+def test_a_missing_run_folder_is_named_as_missing(tmp_path):
+    from lorasmith.sampling.evaluate import evaluation_images
+
+    with pytest.raises(ToolError, match="run folder '.*nope' does not exist; give the output_dir of a training run"):
+        evaluation_images(tmp_path / "nope")
+    with pytest.raises(ToolError, match="has no run record"):  # a folder, but not a run's
+        evaluation_images(tmp_path)

@@ -87,3 +87,15 @@ def test_bad_step_arguments_are_one_line_errors(tmp_path, raw, kwargs, message):
 def test_a_name_must_make_a_folder(tmp_path, raw):
     with pytest.raises(ToolError, match="cannot name a folder"):
         prepare_dataset(raw, tmp_path / "img", "my/char", repeats=1)
+
+
+def test_the_raw_folder_is_not_a_training_folder(raw):
+    before = sorted(raw.iterdir())
+    with pytest.raises(ToolError, match="is the folder of raw images; choose a new folder"):
+        prepare_dataset(raw, raw, "mychar", repeats=1)
+    assert sorted(raw.iterdir()) == before
+
+
+def test_an_image_file_given_as_the_folder_names_its_folder(tmp_path, raw):
+    with pytest.raises(ToolError, match="'.*pic1.png' is a file; give the folder that holds your images"):
+        prepare_dataset(raw / "pic1.png", tmp_path / "img", "mychar", repeats=1)

@@ -40,6 +40,8 @@ def caption_extension(extension: str) -> str:
 def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """Every image in `folder` (and its sub-folders, hidden ones skipped), sorted; ToolError if none."""
     root = Path(folder).expanduser()
+    if root.is_file():
+        raise ToolError(f"'{root}' is a file; give the folder that holds your images ('{root.parent}')")
     if not root.is_dir():
         raise ToolError(f"folder '{root}' does not exist; give the folder that holds your images")
     candidates = root.rglob("*") if recursive else root.iterdir()
