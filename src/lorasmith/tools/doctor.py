@@ -215,6 +215,9 @@ def doctor_dataset(
         raise ToolError(f"batch_size must be at least 1, got {batch_size}")
     extension = check_extension(caption_extension)
     wh = resolution if isinstance(resolution, tuple) else parse_resolution(resolution)
+    if wh[0] % 64 or wh[1] % 64:  # the same rule as training's: buckets of another size would mislead
+        raise ToolError(f"resolution must be a multiple of 64 (e.g. 512, 576, 768), got {resolution!r}; "
+                        "give the one you will train at")
     buckets = bucket_resolutions(wh, min_bucket_reso, max_bucket_reso, bucket_reso_steps)
     report = DoctorReport(root, "flat")
     entries = collect_images(root, report)

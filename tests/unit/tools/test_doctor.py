@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageEnhance
 
+from lorasmith.errors import ToolError
 from lorasmith.tools.doctor import doctor_dataset, rank_for, schedule_advice
 from tests.conftest import write_image
 from tests.unit.tools.builders import file_hashes
@@ -91,3 +92,9 @@ def test_rank_follows_the_tutorial(count, rank):
 def test_schedule_advice_aims_for_1500_to_3000_steps():
     assert "10 epochs make 2000 steps" in schedule_advice(20, 200, 1)  # 20 images x 10 repeats
     assert "use 2 repeats" in schedule_advice(100, 10_000, 1)  # 100 repeats: far too many steps
+
+
+def test_a_resolution_training_refuses_is_refused_here_too(tmp_path):
+    write_image(tmp_path / "10_mychar" / "a.png")
+    with pytest.raises(ToolError, match="resolution must be a multiple of 64"):
+        doctor_dataset(tmp_path, resolution="500")
