@@ -72,6 +72,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     `base` lets a caller pass an already loaded BaseModel (tests, notebooks); normally the
     model is loaded from `config.pretrained_model_name_or_path`.
     """
+    base_hashes = _hash_checkpoint_early(config.pretrained_model_name_or_path)
     import torch
 
     from lorasmith.train.optim import check_optimizer_available
@@ -103,9 +104,24 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
             v_parameterization=config.v_parameterization, allow_pickle=config.allow_pickle,
             dtype=weight_dtype(config.mixed_precision, device), device=device,
         )
-    trainer = Trainer(config, data, base, events, stop, owns_base=owns_base)
+    trainer = Trainer(config, data, base, events, stop, owns_base=owns_base, base_hashes=base_hashes)
     trainer.setup()
     return trainer.train()
+
+
+def _hash_checkpoint_early(path: str):
+    """Start reading the checkpoint's sha256 (for the metadata) before the heavy imports; None if not a file.
+
+    Only the main process of an `accelerate launch` writes files, so only it hashes (torchrun's RANK).
+    """
+    import os
+
+    from lorasmith.models.hashes import hash_in_background
+
+    source = Path(path).expanduser()
+    if not source.is_file() or os.environ.get("RANK", "0") != "0":
+        return None
+    return hash_in_background(source)
 
 
 DEMO_MODEL_NAME = "tiny-sd1.safetensors"

@@ -21,7 +21,8 @@ from lorasmith.models.base import BaseModel
 from lorasmith.models.configs import shipped_config
 from lorasmith.models.detect import PICKLE_SUFFIXES, detect_family, family_from_tensors
 from lorasmith.models.families import FAMILIES, Family
-from lorasmith.models.tensor_files import CastingDict, SafetensorsFile, file_sha256, legacy_hash, load_pickle, refuse_pickle
+from lorasmith.models.hashes import legacy_hash
+from lorasmith.models.tensor_files import CastingDict, SafetensorsFile, load_pickle, refuse_pickle
 from lorasmith.models.tiny import noise_scheduler_config
 from lorasmith.models.tokenizer import clip_tokenizer
 
@@ -61,11 +62,6 @@ def load_base_model(
         raise ModelError(f"{source.name}: unknown model file type; give a .safetensors or .ckpt file or a diffusers folder")
     _to_device(base, device)
     return base
-
-
-def model_hashes(path: str | Path) -> dict[str, str]:
-    """A1111's hashes of a checkpoint file: the legacy 8-hex one and the full sha256 (reads the whole file)."""
-    return {"sd_model_hash": legacy_hash(path), "new_sd_model_hash": file_sha256(path)}
 
 
 # --- single files ----------------------------------------------------------------------------

@@ -6,12 +6,10 @@
 - `load_pickle` reads .ckpt/.pt files, weights-only first (a pickle can run code).
 - `write_safetensors` streams tensors to disk one by one, casting each on the way: safetensors'
   own `save_file` needs every tensor in memory at once, in the saved dtype.
-- `legacy_hash` / `file_sha256`: the hashes AUTOMATIC1111 shows for a checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Iterator, Mapping
@@ -209,17 +207,3 @@ def write_safetensors(
             data = tensors[name].detach().to("cpu", out_dtype).contiguous()
             file.write(data.reshape(-1).view(torch.uint8).numpy().data)
 
-
-def legacy_hash(path: str | Path) -> str:
-    """AUTOMATIC1111's old model hash: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits."""
-    with open(path, "rb") as file:
-        file.seek(0x100000)
-        return hashlib.sha256(file.read(0x10000)).hexdigest()[:8]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig, data: TrainingData, base, events: EventSink = ignore_events,
-                 stop: threading.Event | None = None, owns_base: bool = False):
+                 stop: threading.Event | None = None, owns_base: bool = False, base_hashes: Future | None = None):
         from accelerate import Accelerator
 
         self.config, self.data, self.events, self.stop = config, data, events, stop
@@ -60,28 +61,9 @@ class Trainer:
         self.result = TrainResult(output_dir=str(self.output_dir))
         self.session_id = uuid.uuid4().hex[:16]
         self.started_at = time.time()
-        self.model_hashes = self._hash_base_in_background()
+        self.base_hashes = base_hashes  # the checkpoint's sha256, still being read: the first save waits for it
 
     # ---- set-up -------------------------------------------------------------------------
-
-    def _hash_base_in_background(self):
-        """The checkpoint's full sha256 for ss_new_sd_model_hash, read while training starts.
-
-        hashlib releases the GIL on large blocks, and the thread runs at the lowest priority, so
-        it uses the CPU training leaves idle instead of adding seconds to start-up (sd-scripts
-        hashes up front). The first save waits for it if it is not done.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        from lorasmith.models.load import model_hashes
-
-        path = Path(self.config.pretrained_model_name_or_path).expanduser()
-        if not path.is_file() or not self.accelerator.is_main_process:
-            return None
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorasmith-hash")
-        future = executor.submit(_low_priority, model_hashes, path)
-        executor.shutdown(wait=False)
-        return future
 
     def setup(self) -> None:
         from lorasmith.network.lora import create_lora_network
@@ -326,7 +308,7 @@ class Trainer:
             self.config, family=self.base.family, v_prediction=self.base.v_prediction,
             # sd-scripts records the checkpoint's file name, extension included
             base_model_name=Path(self.config.pretrained_model_name_or_path).name or self.base.name,
-            base_model_hashes={**self.base.info, **(self.model_hashes.result() if self.model_hashes else {})}, epoch=epoch, steps=step,
+            base_model_hashes={**self.base.info, **(self.base_hashes.result() if self.base_hashes else {})}, epoch=epoch, steps=step,
             max_steps=self.total_steps, num_train_images=data.train.samples_per_epoch,
             num_reg_images=data.reg.samples_per_epoch if data.reg else 0, dataset_dirs=dirs,
             tag_frequency=tag_frequency(captions), bucket_info=_bucket_info(data.plan.bucket_counts),
@@ -357,17 +339,6 @@ class Trainer:
             self.record.status = status
             self.record.write()
         self.accelerator.end_training()
-
-
-def _low_priority(function, *args):
-    """Run `function` in this thread at the lowest CPU priority, so training never waits for it."""
-    import os
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: per-thread nice
-    except (AttributeError, OSError):  # other systems: just run it
-        pass
-    return function(*args)
 
 
 def _bucket_info(counts: dict) -> dict:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from lorasmith.errors import ModelError
-from lorasmith.models.load import load_base_model, model_hashes
+from lorasmith.models.hashes import hash_in_background, model_hashes
+from lorasmith.models.load import load_base_model
 
 
 def _outputs(base) -> list[torch.Tensor]:
@@ -53,6 +55,12 @@ def test_single_file_metadata_name_and_hash(saved_models):
     legacy = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
     assert base.info == {"layout": "single_file", "sd_model_hash": legacy}
     assert model_hashes(path) == {"sd_model_hash": legacy, "new_sd_model_hash": hashlib.sha256(data).hexdigest()}
+    assert hash_in_background(path).result(timeout=60) == model_hashes(path)
+
+
+def test_background_hash_hands_a_read_error_to_the_caller(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        hash_in_background(tmp_path / "gone.safetensors").result(timeout=60)
 
 
 def test_loads_in_the_requested_dtype_and_keeps_requires_grad(saved_models):
@@ -139,3 +147,12 @@ def _write(path, data: bytes):
 def _lora(path, key="lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"):
     save_file({key: torch.zeros(2, 2)}, str(path))
     return path
+
+
+def test_file_sha256_reads_files_larger_than_its_block(tmp_path):
+    from lorasmith.models.hashes import file_sha256
+
+    path = tmp_path / "big.bin"
+    data = os.urandom(33 * 2**20 + 5)  # two full 16 MiB blocks and a short one
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
