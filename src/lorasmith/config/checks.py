@@ -39,6 +39,9 @@ def _check_ranges(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not 0 <= value <= high:
             raise ConfigError(f"{key} must be between 0 and {high:g}, got {value:g}")
+    if config.lr_warmup_steps >= 1 and not float(config.lr_warmup_steps).is_integer():
+        raise ConfigError(f"lr_warmup_steps must be a whole number of steps, or below 1 for a fraction of them; "
+                          f"got {config.lr_warmup_steps:g}")
     for key, spec in FIELDS.items():
         choices = spec.metadata["choices"]
         if choices and getattr(config, key) not in choices:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 
 from lorasmith.config.schema import FIELDS
+from lorasmith.errors import ConfigError
 
 # GUI key -> our key, for keys that only differ in name.
 RENAMED = {
@@ -28,6 +29,16 @@ def looks_like_kohya_gui(values: dict) -> bool:
 
 def _is_unset(value) -> bool:
     return value in (None, "", False, 0, "0", "0.0", [], {})
+
+
+def _warmup_fraction(percent) -> float:
+    try:
+        number = float(percent)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not 0 <= number < 100:
+        raise ConfigError(f"lr_warmup must be a percent of the steps from 0 to 99, got {percent!r}")
+    return number / 100
 
 
 def _model_family(values: dict) -> str:
@@ -50,12 +61,14 @@ def translate(values: dict) -> tuple[dict, list[str]]:
             if value not in ("Standard", *_LOCON_TYPES):
                 ignored.append(f"LoRA_type={value!r} (only Standard and LoCon are trained here)")
             continue
-        if key == "lr_warmup":
-            if not _is_unset(value):
-                ignored.append(f"lr_warmup={value}% (set lr_warmup_steps; `lorasmith plan` shows the total steps)")
+        if key == "lr_warmup":  # a percent of the total steps: our lr_warmup_steps below 1 is that fraction
+            if not _is_unset(value) and _is_unset(values.get("lr_warmup_steps", 0)):
+                ours["lr_warmup_steps"] = _warmup_fraction(value)
             continue
         if key == "additional_parameters":
             continue  # applied last: the GUI appends them to the command line, so they win
+        if target == "lr_warmup_steps" and _is_unset(value):
+            continue  # 0: the percent in lr_warmup decides
         if target not in FIELDS:
             if not _is_unset(value):
                 ignored.append(key)

@@ -71,7 +71,9 @@ class TrainConfig:
     text_encoder_lr: Optional[float] = _field(
         None, "Text-encoder learning rate; the tutorial uses half the learning rate, never more.", "basic")
     lr_scheduler: str = _field("constant", "How the learning rate changes over the run.", "basic", SCHEDULERS)
-    lr_warmup_steps: int = _field(0, "Steps over which the learning rate ramps up from 0.", "advanced")
+    lr_warmup_steps: float = _field(
+        0, "Steps over which the learning rate ramps up from 0; below 1, a fraction of the total steps (0.1: the first 10%).",
+        "advanced")
     lr_scheduler_num_cycles: int = _field(1, "Restarts for cosine_with_restarts.", "advanced")
     optimizer_type: str = _field(
         "AdamW", "Optimizer. AdamW8bit saves VRAM on CUDA GPUs (bitsandbytes).", "basic", OPTIMIZERS)

@@ -75,7 +75,7 @@ def build_metadata(
         "ss_max_train_steps": max_steps,
         "ss_gradient_checkpointing": bool(config.gradient_checkpointing),
         "ss_gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "ss_lr_warmup_steps": config.lr_warmup_steps,
+        "ss_lr_warmup_steps": _whole_as_int(config.lr_warmup_steps),  # sd-scripts writes "0", a fraction as "0.1"
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_optimizer": optimizer_text(config),
         "ss_max_grad_norm": config.max_grad_norm,
@@ -139,3 +139,7 @@ def modelspec_metadata(config: Any, *, family: Family, v_prediction: bool, saved
     if config.clip_skip and config.clip_skip > 1:
         spec["modelspec.encoder_layer"] = str(config.clip_skip)
     return spec
+
+
+def _whole_as_int(number: float) -> int | float:
+    return int(number) if float(number).is_integer() else number

@@ -82,10 +82,15 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, args: list[s
         raise ConfigError(f"optimizer_args do not fit {name}: {error}") from None
 
 
-def build_scheduler(name: str, optimizer, warmup_steps: int, total_steps: int, num_cycles: int = 1):
+def warmup_step_count(warmup_steps: float, total_steps: int) -> int:
+    """lr_warmup_steps as sd-scripts reads it: a count of steps, or below 1 a fraction of the total."""
+    return round(warmup_steps * total_steps) if 0 < warmup_steps < 1 else int(warmup_steps)
+
+
+def build_scheduler(name: str, optimizer, warmup_steps: float, total_steps: int, num_cycles: int = 1):
     from diffusers.optimization import get_scheduler
 
-    kwargs = {"num_warmup_steps": warmup_steps} if name != "constant" else {}
+    kwargs = {"num_warmup_steps": warmup_step_count(warmup_steps, total_steps)} if name != "constant" else {}
     if name in ("linear", "cosine", "cosine_with_restarts"):
         kwargs["num_training_steps"] = total_steps
     if name == "cosine_with_restarts":

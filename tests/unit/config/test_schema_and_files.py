@@ -52,6 +52,7 @@ def test_unknown_key_names_it_and_the_closest_valid_key(tmp_path):
     ("network_dim", 0, "network_dim must be at least 1"),
     ("optimizer_type", "SGDX", "optimizer_type must be one of"),
     ("network_dropout", 1.5, "between 0 and 1"),
+    ("lr_warmup_steps", 2.5, "lr_warmup_steps must be a whole number of steps, or below 1"),
 ])
 def test_invalid_values_say_what_is_allowed(key, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -157,3 +158,15 @@ def test_kohya_ss_gui_json_v2_and_sdxl_pick_the_family(tmp_path):
     path.write_text(json.dumps({**KOHYA_GUI_JSON, "v2": True, "v_parameterization": True}))
     config = load_config(path)[0]
     assert config.model_family == "sd2" and config.v_parameterization
+
+
+def test_kohya_ss_gui_warmup_percent_becomes_a_fraction_of_the_steps(tmp_path):
+    path = tmp_path / "warm.json"
+    path.write_text(json.dumps({**KOHYA_GUI_JSON, "lr_warmup": "10", "lr_scheduler": "cosine"}))
+    config, notes = load_config(path)
+    assert config.lr_warmup_steps == 0.1 and not any("lr_warmup" in n for n in notes)
+    path.write_text(json.dumps({**KOHYA_GUI_JSON, "lr_warmup": "10", "lr_warmup_steps": 50}))
+    assert load_config(path)[0].lr_warmup_steps == 50  # a step count the GUI also wrote wins
+    path.write_text(json.dumps({**KOHYA_GUI_JSON, "lr_warmup": "100"}))
+    with pytest.raises(ConfigError, match="lr_warmup must be a percent"):
+        load_config(path)

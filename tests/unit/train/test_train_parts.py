@@ -9,7 +9,7 @@ import torch
 
 from lorasmith.dataset.captions import prepare_caption, tag_frequency
 from lorasmith.errors import ConfigError, TrainingError
-from lorasmith.train.optim import build_optimizer, build_scheduler, parse_optimizer_args
+from lorasmith.train.optim import build_optimizer, build_scheduler, parse_optimizer_args, warmup_step_count
 from lorasmith.train.step import draw_noise, min_snr_weights
 
 
@@ -61,6 +61,18 @@ def test_schedulers_warm_up_and_decay(name, at_10, at_end):
     assert lrs[-1] == pytest.approx(at_end, abs=0.02)
     if name == "cosine_with_restarts":
         assert max(lrs[60:]) > 0.9  # the second cycle starts high again
+
+
+def test_warmup_below_one_is_a_fraction_of_the_total_steps():
+    assert warmup_step_count(0.1, 200) == 20 and warmup_step_count(50, 200) == 50 and warmup_step_count(0, 200) == 0
+    optimizer = torch.optim.SGD(params(), lr=1.0)
+    scheduler = build_scheduler("constant_with_warmup", optimizer, warmup_steps=0.25, total_steps=40)
+    lrs = []
+    for _ in range(12):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[5] == pytest.approx(0.5) and lrs[10] == 1.0  # 10 warm-up steps
 
 
 def test_noise_is_replayable_and_offset_noise_shifts_channels():
