@@ -257,7 +257,8 @@ def evaluate(run_dir: str, base_model: str | None = None, train_data_dir: str | 
     images, source = evaluation_images(run_dir, train_data_dir)
     base = base or load_for_testing(base_model, settings, "no", allow_pickle)
     report = evaluate_run(run_dir, base, images, resolution=resolution or min(settings.resolution),
-                          clip_skip=clip_skip or settings.clip_skip, seed=seed, image_source=source,
+                          clip_skip=clip_skip or settings.clip_skip, max_token_length=settings.max_token_length,
+                          seed=seed, image_source=source,
                           output_dir=output_dir, events=events)
     return report  # report.lines() ends with the recommended epoch
 

@@ -150,3 +150,13 @@ def test_trained_file_loads_in_diffusers_and_changes_its_output(tiny_train_confi
         1 for name, _ in pipe.text_encoder.named_modules() if name.endswith("lora_A"))
     assert wrapped == len(modules)
     assert (after - before).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family,cache_text", [("sd1", False), ("sdxl", True)])
+def test_long_captions_train_with_max_token_length(tiny_train_config, family, cache_text):
+    config = tiny_train_config(max_train_epochs=1, max_token_length=225, cache_text_encoder_outputs=cache_text,
+                               network_train_unet_only=cache_text)
+    result = api.train(config, base=tiny_base_model(family))
+    tensors, metadata = load_lora_file(result.final_file)
+    assert metadata["ss_max_token_length"] == "225" and result.steps == 4
+    assert all(torch.isfinite(t).all() for t in tensors.values())

@@ -39,6 +39,8 @@ def _check_ranges(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not 0 <= value <= high:
             raise ConfigError(f"{key} must be between 0 and {high:g}, got {value:g}")
+    if config.max_token_length not in (75, 150, 225):
+        raise ConfigError(f"max_token_length must be 75, 150 or 225, got {config.max_token_length}")
     if config.lr_warmup_steps >= 1 and not float(config.lr_warmup_steps).is_integer():
         raise ConfigError(f"lr_warmup_steps must be a whole number of steps, or below 1 for a fraction of them; "
                           f"got {config.lr_warmup_steps:g}")

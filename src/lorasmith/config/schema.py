@@ -115,6 +115,8 @@ class TrainConfig:
     keep_tokens: int = _field(0, "Tags at the start of a caption that shuffling never moves (your trigger word).", "advanced")
     caption_dropout_rate: float = _field(0.0, "Chance of training a step with an empty caption.", "advanced")
     clip_skip: int = _field(1, "Use the text encoder's n-th last layer; anime (NAI-based) models use 2.", "advanced")
+    max_token_length: int = _field(
+        75, "Caption tokens the text encoder reads: 75, or 150 / 225 for long tag lists (the rest is cut).", "advanced")
     enable_bucket: bool = _field(True, "Aspect-ratio buckets: train images at their own shape, not cropped square.", "advanced")
     min_bucket_reso: int = _field(256, "Smallest bucket side in pixels.", "advanced")
     max_bucket_reso: int = _field(1024, "Largest bucket side in pixels.", "advanced")

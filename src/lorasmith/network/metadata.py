@@ -89,7 +89,7 @@ def build_metadata(
         "ss_base_model_version": family.base_model_version,
         "ss_sd_model_name": base_model_name,
         "ss_clip_skip": config.clip_skip,
-        "ss_max_token_length": None,
+        "ss_max_token_length": None if config.max_token_length == 75 else config.max_token_length,  # sd-scripts' default is None
         "ss_cache_latents": bool(config.cache_latents),
         "ss_seed": config.seed,
         "ss_noise_offset": _off_is_none(config.noise_offset),

@@ -90,7 +90,8 @@ def evaluation_images(run_dir: str | Path, train_data_dir: str | None = None) ->
 
 
 def evaluate_run(run_dir: str | Path, base: BaseModel, images: list[str | Path], captions: list[str] | None = None,
-                 *, resolution: int = 512, clip_skip: int = 1, loss_fn: LossFn | None = None,
+                 *, resolution: int = 512, clip_skip: int = 1, max_token_length: int = 75,
+                 loss_fn: LossFn | None = None,
                  timesteps: int = 5, seed: int = 0, image_source: str = "images",
                  output_dir: str | Path | None = None, events: EventSink = ignore_events) -> EvaluationReport:
     """Score every epoch file of `run_dir` (and the base model) on `images` at fixed noise and timesteps.
@@ -107,11 +108,11 @@ def evaluate_run(run_dir: str | Path, base: BaseModel, images: list[str | Path],
     loras = unique_epochs(run_loras(run_dir))
     loss_fn = loss_fn or _default_loss()
     batch = fixed_batch(base, [Path(p) for p in images], captions, resolution, timesteps, seed)
-    base_loss = batch_loss(base, batch, clip_skip, loss_fn)
+    base_loss = batch_loss(base, batch, clip_skip, loss_fn, max_token_length)
     losses: dict[int, float] = {}
     for index, lora in enumerate(loras):
         with merged_loras(base, [(lora.path, 1.0)]):
-            losses[lora.epoch] = batch_loss(base, batch, clip_skip, loss_fn)
+            losses[lora.epoch] = batch_loss(base, batch, clip_skip, loss_fn, max_token_length)
         events(Progress("evaluate", index + 1, len(loras), {"epoch": lora.epoch, "loss": losses[lora.epoch]}))
     report = EvaluationReport(losses, {lora.epoch: lora.path for lora in loras}, recommend_epoch(losses), base_loss,
                               image_source, len(batch["latents"]))
@@ -157,8 +158,8 @@ def fixed_batch(base: BaseModel, images: list[Path], captions: list[str] | None,
     return {"latents": latents, "noise": noise, "timesteps": spread, "captions": list(captions), "time_ids": time_ids}
 
 
-def batch_loss(base: BaseModel, batch: dict, clip_skip: int, loss_fn: LossFn) -> float:
-    """Mean loss over the images, each at every fixed timestep."""
+def batch_loss(base: BaseModel, batch: dict, clip_skip: int, loss_fn: LossFn, max_token_length: int = 75) -> float:
+    """Mean loss over the images, each at every fixed timestep, captions read as the run read them."""
     import torch
 
     from lorasmith.models.text import encode_prompts
@@ -171,7 +172,7 @@ def batch_loss(base: BaseModel, batch: dict, clip_skip: int, loss_fn: LossFn) ->
         for latent, noise, caption, time_ids in zip(batch["latents"], batch["noise"], batch["captions"],
                                                     batch["time_ids"]):
             count = len(noise)
-            text = encode_prompts(base, [caption], clip_skip)
+            text = encode_prompts(base, [caption], clip_skip, max_token_length)
             pooled = text.pooled.expand(count, -1) if text.pooled is not None else None
             draw = NoiseDraw(noise.to(device, dtype), batch["timesteps"].to(device))
             loss = loss_fn(base, latent.to(device, dtype).expand(count, -1, -1, -1),

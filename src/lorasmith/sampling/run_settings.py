@@ -21,6 +21,7 @@ class RunSettings:
     allow_pickle: bool = False  # the user allowed this very file for training
     resolution: tuple[int, int] = (512, 512)
     clip_skip: int = 1
+    max_token_length: int = 75
     output_name: str | None = None
 
 
@@ -41,7 +42,8 @@ def run_settings(run_dir: str | Path | None) -> RunSettings:
         v_parameterization=bool(config.get("v_parameterization", False)),
         allow_pickle=bool(config.get("allow_pickle", False)),
         resolution=parse_resolution(config.get("resolution", "512,512")),
-        clip_skip=int(config.get("clip_skip", 1)), output_name=record.output_name)
+        clip_skip=int(config.get("clip_skip", 1)), max_token_length=int(config.get("max_token_length", 75)),
+        output_name=record.output_name)
 
 
 def load_for_testing(base_model: str | None, settings: RunSettings = RunSettings(), precision: str = "no",

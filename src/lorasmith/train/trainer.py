@@ -134,7 +134,7 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(captions), 16):
                 chunk = captions[start : start + 16]
-                text = encode_tokens(self.model, tokenize(self.model, chunk), config.clip_skip)
+                text = encode_tokens(self.model, tokenize(self.model, chunk, config.max_token_length), config.clip_skip)
                 for index, caption in enumerate(chunk):
                     pooled = None if text.pooled is None else text.pooled[index]
                     cache[caption] = (text.context[index], pooled)
@@ -146,7 +146,8 @@ class Trainer:
 
         if self.text_cache is None:
             with torch.set_grad_enabled(self.train_text_encoder):
-                return encode_tokens(self.model, tokenize(self.model, captions), self.config.clip_skip)
+                ids = tokenize(self.model, captions, self.config.max_token_length)
+                return encode_tokens(self.model, ids, self.config.clip_skip)
         entries = [self.text_cache[c] for c in captions]
         pooled = None if entries[0][1] is None else torch.stack([p for _, p in entries])
         return TextEmbeddings(torch.stack([c for c, _ in entries]), pooled)

@@ -53,6 +53,7 @@ def test_unknown_key_names_it_and_the_closest_valid_key(tmp_path):
     ("optimizer_type", "SGDX", "optimizer_type must be one of"),
     ("network_dropout", 1.5, "between 0 and 1"),
     ("lr_warmup_steps", 2.5, "lr_warmup_steps must be a whole number of steps, or below 1"),
+    ("max_token_length", 100, "max_token_length must be 75, 150 or 225"),
 ])
 def test_invalid_values_say_what_is_allowed(key, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -170,3 +171,10 @@ def test_kohya_ss_gui_warmup_percent_becomes_a_fraction_of_the_steps(tmp_path):
     path.write_text(json.dumps({**KOHYA_GUI_JSON, "lr_warmup": "100"}))
     with pytest.raises(ConfigError, match="lr_warmup must be a percent"):
         load_config(path)
+
+
+def test_kohya_ss_gui_max_token_length_applies(tmp_path):
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({**KOHYA_GUI_JSON, "max_token_length": "225"}))
+    config, notes = load_config(path)
+    assert config.max_token_length == 225 and not any("max_token_length" in n for n in notes)

@@ -20,6 +20,38 @@ def test_long_captions_are_truncated_to_77_tokens():
     assert ids.shape == (1, 77) and ids[0, -1].item() == 49407
 
 
+def test_long_captions_read_in_windows_of_75_tokens():
+    for family in ("sd1", "sd2"):
+        base = tiny_base_model(family)
+        tokenizer = base.tokenizers[0]
+        caption = "mychar, " + ", ".join(f"tag{i}" for i in range(30))  # 112 tokens
+        windows = tokenize(base, [caption, "a cat"], max_token_length=150)[0]
+        assert windows.shape == (2, 2, 77)
+        start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+        assert (windows[:, :, 0] == start).all() and (windows == end).any(dim=2).all()  # every window ends
+        full = tokenize(base, [caption], max_token_length=225)[0][0]
+        plain = tokenizer(caption).input_ids[1:-1]
+        assert torch.cat([w[1:-1] for w in full]).tolist()[: len(plain)] == plain  # nothing lost or reordered
+        assert full[0, -1] == end  # the caption goes on: the first window still closes
+
+
+def test_long_captions_encode_to_start_windows_and_end_states():
+    caption = "mychar, " + ", ".join(f"tag{i}" for i in range(30))  # 112 tokens: tag25 lies past 75
+    for family in ("sd1", "sdxl"):
+        base = tiny_base_model(family)
+        with torch.no_grad():
+            short = encode_prompts(base, ["mychar, 1girl", caption])
+            long = encode_prompts(base, ["mychar, 1girl", caption], max_token_length=150)
+            other_tail = encode_prompts(base, [caption.replace("tag25", "hat")], max_token_length=150)
+            other_tail_75 = encode_prompts(base, [caption.replace("tag25", "hat")])
+        assert long.context.shape[:2] == (2, 152)
+        torch.testing.assert_close(long.context[0, :76], short.context[0, :76])  # a short caption reads the same
+        assert not torch.allclose(other_tail.context, long.context[1:])  # tags past 75 tokens now count
+        torch.testing.assert_close(other_tail_75.context, short.context[1:])  # at 75 they are cut
+        if family == "sdxl":
+            assert long.pooled.shape == short.pooled.shape
+
+
 def test_clip_skip_takes_an_earlier_layer_with_the_final_norm():
     base = tiny_base_model("sd1")
     ids = tokenize(base, ["mychar, 1girl"])
