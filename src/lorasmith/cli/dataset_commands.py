@@ -98,7 +98,8 @@ def _doctor(args, extra) -> int:
     report = _run(api.doctor_dataset, args.folder, resolution=args.resolution,
                   caption_extension=args.caption_extension, min_bucket_reso=args.min_bucket_reso,
                   max_bucket_reso=args.max_bucket_reso, bucket_reso_steps=args.bucket_reso_steps,
-                  batch_size=args.batch_size, near_duplicate_distance=args.near_duplicate_distance)
+                  batch_size=args.batch_size, near_duplicate_distance=args.near_duplicate_distance,
+                  max_token_length=args.max_token_length)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 
@@ -202,6 +203,8 @@ def _add_doctor(subparsers) -> None:
     doctor.add_argument("--batch_size", type=int, default=1, help="for the steps advice")
     doctor.add_argument("--near_duplicate_distance", type=int, default=5,
                         help="perceptual-hash bits two pictures may differ in and still count as near duplicates")
+    doctor.add_argument("--max_token_length", type=int, choices=(75, 150, 225), default=75,
+                        help="caption tokens the text encoder will read (the training setting)")
     doctor.set_defaults(handler=_doctor)
 
 

@@ -130,8 +130,8 @@ def collect_images(root: Path, report: DoctorReport) -> list[ImageEntry]:
 # --- the checks ---
 
 
-def check_caption(entry: ImageEntry, extension: str) -> Finding | None:
-    text = read_text(caption_path(entry.path, extension))
+def check_caption(entry: ImageEntry, extension: str, text: str | None) -> Finding | None:
+    """`text`: the caption file's text, None when there is none."""
     fallback = f"; training will use the folder name '{entry.folder_name}'" if entry.kohya_folder else ""
     if text is None:
         return Finding("warning", "missing_caption",
@@ -140,6 +140,24 @@ def check_caption(entry: ImageEntry, extension: str) -> Finding | None:
         return Finding("warning", "empty_caption", f"{caption_path(entry.path, extension)} is empty; write its tags",
                        entry.path)
     return None
+
+
+def check_caption_lengths(captions: dict[Path, str], max_token_length: int) -> list[Finding]:
+    """One warning for all captions the text encoder would cut (CLIP tokens, the start/end tokens aside)."""
+    if not captions:
+        return []
+    from lorasmith.models.tokenizer import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    lengths = {path: len(tokenizer(text).input_ids) - 2 for path, text in captions.items()}
+    long = {path: n for path, n in lengths.items() if n > max_token_length}
+    if not long:
+        return []
+    longest = max(long, key=long.get)
+    longer = {75: " or set max_token_length 150 or 225", 150: " or set max_token_length 225"}.get(max_token_length, "")
+    return [Finding("warning", "long_caption", f"{len(long)} captions are longer than {max_token_length} tokens "
+                    f"(longest: {long[longest]}, the caption of {longest.name}); the text encoder cuts the rest: shorten them"
+                    f"{longer}", longest)]
 
 
 def check_shape(facts: ImageFacts, bucket: tuple[int, int]) -> list[Finding]:
@@ -205,6 +223,7 @@ def doctor_dataset(
     bucket_reso_steps: int = 64,
     batch_size: int = 1,
     near_duplicate_distance: int = 5,
+    max_token_length: int = 75,
     events: EventSink = ignore_events,
 ) -> DoctorReport:
     """Check every image under `folder` and return the report (it never changes a file)."""
@@ -225,7 +244,7 @@ def doctor_dataset(
     if not entries and not report.errors:  # a misnamed folder already said what to do
         report.findings.append(Finding("error", "no_images", f"no images in {root} or its '<repeats>_<name>' "
                                        "folders; put your pictures there", root))
-    facts = []
+    facts, captions = [], {}
     for done, entry in enumerate(entries, 1):
         fact = inspect_image(entry.path)
         facts.append(fact)
@@ -236,10 +255,14 @@ def doctor_dataset(
         else:
             report.buckets[entry.path] = assign_bucket(fact.size, buckets, step=bucket_reso_steps)
             report.findings += check_shape(fact, report.buckets[entry.path])
-        caption = check_caption(entry, extension)
+        text = read_text(caption_path(entry.path, extension))
+        caption = check_caption(entry, extension, text)
         if caption:
             report.findings.append(caption)
+        else:
+            captions[entry.path] = text
         events(Progress("checking images", done, len(entries)))
+    report.findings += check_caption_lengths(captions, max_token_length)
     report.findings += check_duplicates(facts, near_duplicate_distance)
     report.advice = advise(entries, batch_size)
     return report

@@ -98,3 +98,19 @@ def test_a_resolution_training_refuses_is_refused_here_too(tmp_path):
     write_image(tmp_path / "10_mychar" / "a.png")
     with pytest.raises(ToolError, match="resolution must be a multiple of 64"):
         doctor_dataset(tmp_path, resolution="500")
+
+
+def test_captions_longer_than_the_token_limit_are_one_warning(tmp_path):
+    folder = tmp_path / "train" / "10_mychar"
+    for index in range(3):
+        write_image(folder / f"{index}.png", (128, 128), seed=index + 1)
+        (folder / f"{index}.txt").write_text("mychar, 1girl", encoding="utf-8")
+    long_tags = "mychar, " + ", ".join(f"tag{i}" for i in range(30))  # 112 tokens
+    (folder / "1.txt").write_text(long_tags, encoding="utf-8")
+    (folder / "2.txt").write_text(long_tags + ", smile", encoding="utf-8")
+    report = doctor_dataset(tmp_path / "train", resolution="64,64", min_bucket_reso=64, max_bucket_reso=128)
+    [finding] = report.of_kind("long_caption")
+    assert finding.path.name == "2.png" and finding.message.startswith("2 captions are longer than 75 tokens")
+    assert "longest: 114" in finding.message and "max_token_length 150 or 225" in finding.message
+    assert not doctor_dataset(tmp_path / "train", resolution="64,64", min_bucket_reso=64,
+                              max_bucket_reso=128, max_token_length=150).of_kind("long_caption")
