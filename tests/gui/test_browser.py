@@ -111,7 +111,12 @@ def test_the_demo_trains_from_the_page_and_survives_a_reload(page):
     page.locator("#start-training").click()  # a second start while the first runs
     expect(page.locator("#run-status")).to_contain_text("already going")
 
-    page.reload()  # the run belongs to the server, not to the page
+    page.reload()  # the run belongs to the server, the form to this browser: both survive
+    _open_section(page, "Parameters")
+    expect(_field(page, "max_train_epochs")).to_have_value("1")
+    expect(page.locator("#step-plan")).to_contain_text("Total steps: 40")
+    _open_section(page, "Folders")
+    expect(_field(page, "output_name")).to_have_value("smithy")
     expect(page.locator("#run-progress")).to_contain_text("Training finished", timeout=150_000)
     expect(page.locator("#run-files")).to_contain_text(re.compile(r"lora: \S*smithy\S*\.safetensors"))
     expect(page.locator("#run-samples img").first).to_be_visible()

@@ -89,3 +89,16 @@ def test_run_panel_texts():
     assert list(training.loss_frame(state).itertuples(index=False, name=None)) == [(5, 0.125)]
     empty = training.loss_frame(RunState())
     assert [str(t) for t in empty.dtypes] == ["int64", "float64"]  # a number axis from the first poll on
+
+
+def test_the_form_kept_between_reloads_comes_back_by_key():
+    from lorasmith.config.schema import TrainConfig, with_values
+
+    values = form.config_to_values(with_values(TrainConfig(), {"network_dim": 48, "output_name": "mine"}))
+    saved = training.remember_form(values)
+    assert training.remembered_form(saved) == values
+    assert training.remembered_form({}) is None and training.remembered_form(None) is None
+    older = {key: value for key, value in saved.items() if key != "network_alpha"}  # a field added since
+    restored = training.remembered_form({**older, "gone_key": 1})
+    assert restored[form.FORM_KEYS.index("network_alpha")] == TrainConfig().network_alpha
+    assert restored[form.FORM_KEYS.index("network_dim")] == 48

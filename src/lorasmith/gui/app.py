@@ -34,7 +34,7 @@ def build_app(runner: TrainingRunner | None = None, browse_root: str | Path | No
         with gr.Tabs():
             with gr.Tab("LoRA", id="lora"):
                 with gr.Tabs():
-                    TrainingTab(runner, browse_root, demo_root).build()
+                    TrainingTab(runner, browse_root, demo_root).build(app)
             with gr.Tab("Utilities", id="utilities"):
                 build_utilities_tab(browse_root)
             with gr.Tab("Testing", id="testing"):

@@ -11,7 +11,7 @@ import html
 from dataclasses import dataclass
 from typing import Sequence
 
-from lorasmith.config.schema import with_values
+from lorasmith.config.schema import TrainConfig, with_values
 from lorasmith.errors import ConfigError, LorasmithError
 from lorasmith.gui import form
 from lorasmith.gui.feedback import ERROR_MARK, error_line, is_error, load_pictures, text_block
@@ -107,6 +107,19 @@ def plan_text(values: Sequence) -> str:
         return error_line(error)
     warnings = [f"warning: {event.text}" for event in events if getattr(event, "level", "") == "warning"]
     return f"**Total steps: {step_plan.total_steps}**\n\n" + text_block(step_plan.lines() + warnings)
+
+
+def remember_form(values: Sequence) -> dict:
+    """The form as this browser keeps it between reloads: key -> widget value (keys survive new fields)."""
+    return dict(zip(form.FORM_KEYS, values))
+
+
+def remembered_form(saved: dict | None) -> list | None:
+    """The form values (FORM order) kept by `remember_form`, the defaults where a key is missing; None if none."""
+    if not saved:
+        return None
+    defaults = form.config_to_values(TrainConfig())
+    return [saved.get(key, default) for key, default in zip(form.FORM_KEYS, defaults)]
 
 
 def start_training(runner: TrainingRunner, values: Sequence) -> str:

@@ -30,8 +30,17 @@ def _form_outputs(answer: training.FormAnswer) -> list:
     return [answer.status, *values]
 
 
-def _plan(*values) -> str:
-    return training.plan_text(values)
+def _plan(*values) -> tuple[str, dict]:
+    """The step calculation, and the form for this browser to keep (every change passes here)."""
+    return training.plan_text(values), training.remember_form(values)
+
+
+def _restore(saved: dict) -> list:
+    """[*form values, plan] as this browser left them before a reload; nothing changes on a first visit."""
+    values = training.remembered_form(saved)
+    if values is None:
+        return [gr.skip()] * (len(form.FORM) + 1)
+    return [*values, training.plan_text(values)]
 
 
 class TrainingTab:
@@ -44,8 +53,10 @@ class TrainingTab:
         self.fields: dict = {}
         self.filled_by_tools: list = []  # events that change the form without typing: the plan follows
 
-    def build(self) -> None:
+    def build(self, app: gr.Blocks) -> None:
         with gr.Tab("Training", id="training"):
+            # The run lives on the server; the form in this browser's storage, so a reload keeps both.
+            self.saved_form = gr.BrowserState({})
             self._config_bar()
             with gr.Tabs():
                 self._sections()
@@ -56,6 +67,7 @@ class TrainingTab:
         self._wire_config_bar()
         self._wire_plan()
         self._wire_run()
+        app.load(_restore, inputs=self.saved_form, outputs=[*self.inputs, self.plan], show_progress="hidden")
 
     # ---- layout ---------------------------------------------------------------------------
 
@@ -120,7 +132,7 @@ class TrainingTab:
     # ---- wiring ---------------------------------------------------------------------------
 
     def _then_plan(self, event) -> None:
-        event.then(_plan, inputs=self.inputs, outputs=self.plan, show_progress="hidden")
+        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden")
 
     def _fill(self, handler, inputs: list, event_source) -> None:
         """`handler(...) -> FormAnswer` fills the form and the status line, then the plan."""
@@ -158,7 +170,7 @@ class TrainingTab:
         for event in self.filled_by_tools:
             self._then_plan(event)
         gr.on([component.input for component in self.inputs], _plan, inputs=self.inputs,
-              outputs=self.plan, trigger_mode="always_last", show_progress="hidden")
+              outputs=[self.plan, self.saved_form], trigger_mode="always_last", show_progress="hidden")
 
     def _wire_run(self) -> None:
         def start(*values):
