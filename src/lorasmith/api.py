@@ -77,7 +77,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
 
     from lorasmith.train.optim import check_optimizer_available
     from lorasmith.train.run import guard_outputs
-    from lorasmith.train.setup import cpu_only, setup_data, weight_dtype
+    from lorasmith.train.setup import LatentsWhileLoading, cpu_only, setup_data, weight_dtype
     from lorasmith.train.trainer import Trainer
 
     for warning in check_config(config, for_training=base is None):
@@ -92,6 +92,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     for line in data.plan.lines():
         events(Message(line))
     owns_base = base is None
+    latents = LatentsWhileLoading(config, data, events) if owns_base and config.cache_latents else None
     if owns_base:
         from accelerate import PartialState
 
@@ -102,9 +103,10 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
         base = load_base_model(
             config.pretrained_model_name_or_path, family=config.model_family,
             v_parameterization=config.v_parameterization, allow_pickle=config.allow_pickle,
-            dtype=weight_dtype(config.mixed_precision, device), device=device,
+            dtype=weight_dtype(config.mixed_precision, device), device=device, vae_ready=latents,
         )
-    trainer = Trainer(config, data, base, events, stop, owns_base=owns_base, base_hashes=base_hashes)
+    trainer = Trainer(config, data, base, events, stop, owns_base=owns_base, base_hashes=base_hashes,
+                      latents=latents.future if latents else None)
     trainer.setup()
     return trainer.train()
 

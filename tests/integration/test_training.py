@@ -160,3 +160,23 @@ def test_long_captions_train_with_max_token_length(tiny_train_config, family, ca
     tensors, metadata = load_lora_file(result.final_file)
     assert metadata["ss_max_token_length"] == "225" and result.steps == 4
     assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_latents_encoded_while_the_model_loads_train_the_same_lora(tiny_train_config, tmp_path):
+    from lorasmith.config.schema import with_values
+    from lorasmith.models.load import load_base_model
+    from lorasmith.models.single_file import save_single_file
+
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_single_file(tiny_base_model("sd1", seed=0), str(checkpoint))
+    ready = []
+    loaded = load_base_model(str(checkpoint), vae_ready=lambda vae, family: ready.append((vae, family.name)))
+    assert len(ready) == 1 and ready[0][0] is loaded.vae and ready[0][1] == "sd1"
+
+    config = tiny_train_config(max_train_epochs=1, pretrained_model_name_or_path=str(checkpoint))
+    in_background = api.train(config)  # loads the file itself: latents encoded while the UNet loads
+    after_loading = api.train(with_values(config, {"output_dir": str(tmp_path / "late")}),
+                              base=load_base_model(str(checkpoint)))
+    first, _ = load_lora_file(in_background.final_file)
+    second, _ = load_lora_file(after_loading.final_file)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

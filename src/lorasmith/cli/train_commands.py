@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 from lorasmith.cli.config_commands import add_config_source, print_event, resolve_config
 
 
 class TerminalProgress:
-    """Renders the library's events: a tqdm bar per task (loss, lr, it/s, ETA), lines for the rest."""
+    """Renders the library's events: a tqdm bar per task (loss, lr, it/s, ETA), lines for the rest.
+
+    Events may come from two threads at once (latents are encoded while the model loads): one at a time.
+    """
 
     def __init__(self):
         self.bars: dict = {}
+        self.lock = threading.Lock()
 
     def __call__(self, event) -> None:
+        with self.lock:
+            self._show(event)
+
+    def _show(self, event) -> None:
         from tqdm import tqdm
 
         from lorasmith.events import Progress

@@ -11,10 +11,10 @@ No torch here, so a run can start this before its heavy imports.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from concurrent.futures import Future
 from pathlib import Path
+
+from lorasmith.background import run_in_background
 
 _BLOCK = 16 << 20  # large reads: few hand-offs of the GIL between this thread and the loader
 
@@ -41,22 +41,5 @@ def model_hashes(path: str | Path) -> dict[str, str]:
 
 
 def hash_in_background(path: str | Path) -> Future:
-    """`model_hashes(path)` computed in a daemon thread (exiting never waits for it) at the lowest priority."""
-    future: Future = Future()
-
-    def work() -> None:
-        _lowest_priority()
-        try:
-            future.set_result(model_hashes(path))
-        except BaseException as error:  # handed to whoever asks for the result
-            future.set_exception(error)
-
-    threading.Thread(target=work, name="lorasmith-hash", daemon=True).start()
-    return future
-
-
-def _lowest_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: a thread's own nice value
-    except (AttributeError, OSError):  # other systems: run at normal priority
-        pass
+    """`model_hashes(path)` read beside the main thread at the lowest priority (exiting never waits for it)."""
+    return run_in_background(model_hashes, path, name="hash", lowest_priority=True)

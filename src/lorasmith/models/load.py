@@ -27,6 +27,7 @@ from lorasmith.models.tiny import noise_scheduler_config
 from lorasmith.models.tokenizer import clip_tokenizer
 
 TEXT_ENCODER_PARTS = ("text_encoder", "text_encoder_2")
+VaeReady = Callable[[Any, Family], None]  # called with the loaded VAE (on its device) and the model family
 
 
 def load_base_model(
@@ -37,26 +38,34 @@ def load_base_model(
     allow_pickle: bool = False,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    vae_ready: VaeReady | None = None,
 ) -> BaseModel:
     """Load the SD1/SD2/SDXL checkpoint at `path`; `family` other than "auto" overrides detection.
 
-    v-prediction is on if `v_parameterization` is set or the checkpoint says so.
+    v-prediction is on if `v_parameterization` is set or the checkpoint says so. The VAE loads
+    first: `vae_ready(vae, family)` gets it on `device` before the UNet and text encoders load,
+    so that a caller can start encoding images with it meanwhile.
     """
     source = Path(path)
+
+    def on_vae(vae, fam: Family) -> None:
+        if vae_ready is not None:
+            vae_ready(vae.to(device), fam)
     if family != "auto" and family not in FAMILIES:
         raise ModelError(f"unknown model family '{family}'; use auto, {', '.join(FAMILIES)}")
     if not source.exists():
         raise ModelError(f"base model not found: {source}; check the path (pretrained_model_name_or_path)")
     if source.is_dir():
-        base = _load_diffusers_folder(source, family, v_parameterization, allow_pickle, dtype)
+        base = _load_diffusers_folder(source, family, v_parameterization, allow_pickle, dtype, on_vae)
     elif source.suffix.lower() == ".safetensors":
         with SafetensorsFile(source, dtype) as checkpoint:
             detected, details = family_from_tensors(checkpoint.shapes(), checkpoint.metadata(), source.name)
-            base = _from_checkpoint(checkpoint, source, family, detected, details, v_parameterization)
+            base = _from_checkpoint(checkpoint, source, family, detected, details, v_parameterization, on_vae)
     elif source.suffix.lower() in PICKLE_SUFFIXES:
         tensors = load_pickle(source, allow_pickle)
         detected, details = family_from_tensors({k: tuple(v.shape) for k, v in tensors.items()}, {}, source.name)
-        base = _from_checkpoint(CastingDict(tensors, dtype), source, family, detected, details, v_parameterization)
+        base = _from_checkpoint(CastingDict(tensors, dtype), source, family, detected, details, v_parameterization,
+                                on_vae)
         del tensors
     else:
         raise ModelError(f"{source.name}: unknown model file type; give a .safetensors or .ckpt file or a diffusers folder")
@@ -68,7 +77,8 @@ def load_base_model(
 
 
 def _from_checkpoint(
-    checkpoint: Mapping, source: Path, family: str, detected: str, details: dict, v_parameterization: bool
+    checkpoint: Mapping, source: Path, family: str, detected: str, details: dict, v_parameterization: bool,
+    on_vae: VaeReady,
 ) -> BaseModel:
     fam = FAMILIES[detected if family == "auto" else family]
     if details["configs"] and fam.name == detected:
@@ -76,13 +86,14 @@ def _from_checkpoint(
     else:  # a real checkpoint, or an override of the detected family
         configs = _shipped_configs(fam.name, details)
     where = f"{source.name} ({fam.title})"
-    unet = _materialize(
-        lambda: _diffusers_model("UNet2DConditionModel", configs["unet"]),
-        lambda model: convert.unet_from_ldm(checkpoint, configs["unet"]), "UNet", where,
-    )
     vae = _materialize(
         lambda: _diffusers_model("AutoencoderKL", configs["vae"]),
         lambda model: convert.vae_from_ldm(checkpoint, configs["vae"]), "VAE", where,
+    )
+    on_vae(vae, fam)
+    unet = _materialize(
+        lambda: _diffusers_model("UNet2DConditionModel", configs["unet"]),
+        lambda model: convert.unet_from_ldm(checkpoint, configs["unet"]), "UNet", where,
     )
     encoders = []
     for index, part in enumerate(TEXT_ENCODER_PARTS[: len(fam.pad_tokens)]):
@@ -166,7 +177,8 @@ def _to_device(base: BaseModel, device: str | torch.device) -> None:
 # --- diffusers folders -----------------------------------------------------------------------
 
 
-def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, allow_pickle: bool, dtype) -> BaseModel:
+def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, allow_pickle: bool, dtype,
+                           on_vae: VaeReady) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     detected, details = detect_family(source)
@@ -177,9 +189,10 @@ def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, 
             raise ModelError(f"{source} has no {part}/ folder, which a {fam.title} model needs; give a complete model")
     options = {part: _weight_options(source / part, allow_pickle) for part in parts}
     try:
+        vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, local_files_only=True, **options["vae"])
+        on_vae(vae.eval(), fam)
         unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=dtype, local_files_only=True,
                                                     **options["unet"])
-        vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, local_files_only=True, **options["vae"])
         encoders = [_pretrained_text_model(source / part, index, dtype, options[part])
                     for index, part in enumerate(parts[2:])]
     except (OSError, ValueError, RuntimeError) as error:

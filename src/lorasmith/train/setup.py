@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,31 @@ def setup_data(config: TrainConfig, train: Dataset, reg: Dataset | None) -> Trai
     if step_plan.total_steps < 1:
         raise TrainingError("this configuration makes 0 steps; raise max_train_epochs or add images")
     return TrainingData(train, reg, epoch_samples(train, reg), bucket_of, step_plan, validation)
+
+
+def cache_training_latents(vae, family, config: TrainConfig, data: TrainingData, events) -> dict:
+    """The latents of every training (and regularisation) image, in memory or from/to the disk cache."""
+    from lorasmith.dataset.latent_cache import cache_latents
+    from lorasmith.events import Message, Progress
+
+    events(Message(f"caching latents of {len(data.bucket_of)} images"))
+    return cache_latents(vae, data.bucket_of, family.latent_scale, to_disk=config.cache_latents_to_disk,
+                         progress=lambda done, total: events(Progress("cache latents", done, total)))
+
+
+class LatentsWhileLoading:
+    """A `vae_ready` for load_base_model: the VAE loads first, and the latents are encoded in a
+    background thread while the UNet and text encoders load (seconds of start-up saved)."""
+
+    def __init__(self, config: TrainConfig, data: TrainingData, events) -> None:
+        self.config, self.data, self.events = config, data, events
+        self.future: Future | None = None
+
+    def __call__(self, vae, family) -> None:
+        from lorasmith.background import run_in_background
+
+        self.future = run_in_background(cache_training_latents, vae, family, self.config, self.data, self.events,
+                                        name="latents")
 
 
 def cpu_only() -> bool:

@@ -29,7 +29,9 @@ from lorasmith.models.text import encode_tokens, tokenize
 from lorasmith.train import run as files
 from lorasmith.train.batches import CaptionRules, collate
 from lorasmith.train.optim import build_optimizer, build_scheduler
-from lorasmith.train.setup import TrainingData, cpu_only, lora_spec, prepare_base_for_training, weight_dtype
+from lorasmith.train.setup import (
+    TrainingData, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training, weight_dtype,
+)
 from lorasmith.train.state import Position, load_state, save_state
 from lorasmith.train.step import denoising_loss, draw_noise
 
@@ -47,7 +49,8 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig, data: TrainingData, base, events: EventSink = ignore_events,
-                 stop: threading.Event | None = None, owns_base: bool = False, base_hashes: Future | None = None):
+                 stop: threading.Event | None = None, owns_base: bool = False, base_hashes: Future | None = None,
+                 latents: Future | None = None):
         from accelerate import Accelerator
 
         self.config, self.data, self.events, self.stop = config, data, events, stop
@@ -62,6 +65,7 @@ class Trainer:
         self.session_id = uuid.uuid4().hex[:16]
         self.started_at = time.time()
         self.base_hashes = base_hashes  # the checkpoint's sha256, still being read: the first save waits for it
+        self.early_latents = latents  # latents already being encoded while the model loaded
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -111,12 +115,10 @@ class Trainer:
     def _cache_latents(self):
         if not self.config.cache_latents:
             return None
-        from lorasmith.dataset.latent_cache import cache_latents
-
-        self.events(Message(f"caching latents of {len(self.data.bucket_of)} images"))
-        cache = cache_latents(self.base.vae, self.data.bucket_of, self.base.family.latent_scale,
-                              to_disk=self.config.cache_latents_to_disk,
-                              progress=lambda done, total: self.events(Progress("cache latents", done, total)))
+        if self.early_latents is not None:
+            cache = self.early_latents.result()
+        else:
+            cache = cache_training_latents(self.base.vae, self.base.family, self.config, self.data, self.events)
         if self.owns_base and not self.config.sample_prompts:
             self.base.vae = self.model.vae = None  # never needed again in this run: give its memory back
         else:
