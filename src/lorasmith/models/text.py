@@ -78,6 +78,14 @@ def _encode_windows(base: BaseModel, token_ids: list[torch.Tensor], clip_skip: i
     return TextEmbeddings(context=final_norm(hidden), pooled=None)
 
 
+def windows_needed(base: BaseModel, texts: list[str]) -> int:
+    """Windows of 75 tokens the longest of `texts` fills (at least one)."""
+    tokenizer = base.tokenizers[0]
+    body = tokenizer.model_max_length - 2
+    longest = max(len(ids) - 2 for ids in tokenizer(texts).input_ids)
+    return max(1, -(-longest // body))
+
+
 def encode_prompts(base: BaseModel, prompts: list[str], clip_skip: int = 1, max_token_length: int = 75) -> TextEmbeddings:
     return encode_tokens(base, tokenize(base, prompts, max_token_length), clip_skip)
 

@@ -201,9 +201,12 @@ def run_pipeline(base: BaseModel, request: GenerationRequest, precision: str = "
 
 
 def _embeddings(base: BaseModel, request: GenerationRequest) -> dict:
-    from lorasmith.models.text import encode_prompts
+    """Prompts past 75 tokens are read in windows of 75, as AUTOMATIC1111 and ComfyUI read them in
+    chunks; both prompts get as many windows as the longer needs (CFG takes them side by side)."""
+    from lorasmith.models.text import encode_prompts, windows_needed
 
-    positive, negative = (encode_prompts(base, [text], request.clip_skip)
+    length = 75 * windows_needed(base, [request.prompt, request.negative_prompt])
+    positive, negative = (encode_prompts(base, [text], request.clip_skip, length)
                           for text in (request.prompt, request.negative_prompt))
     embeddings = {"prompt_embeds": positive.context, "negative_prompt_embeds": negative.context}
     if base.family.name == "sdxl":

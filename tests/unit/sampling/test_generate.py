@@ -96,6 +96,8 @@ def test_other_families_generate_with_their_lora(family, v_prediction, tmp_path)
     assert plain.image.size == (64, 64)
     assert not np.array_equal(pixels(plain), pixels(with_lora))
     assert np.array_equal(pixels(plain), pixels(zero))
+    long_negative = ", ".join(f"tag{i}" for i in range(30))  # two windows beside a one-window prompt
+    assert generate_images(base, [request(sampler="euler", negative_prompt=long_negative)])[0].image.size == (64, 64)
 
 
 def test_training_samples_are_named_by_epoch_and_step(sd1, tmp_path):
@@ -146,3 +148,12 @@ def test_making_a_pipeline_prints_no_torchvision_warning():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "torchvision" not in done.stderr + done.stdout
+
+
+def test_prompts_past_75_tokens_are_read_not_cut(sd1):
+    tags = ", ".join(f"tag{i}" for i in range(30))  # 110 tokens: tag25 lies past the 75th
+    long = generate_images(sd1, [request(prompt=tags)])[0]
+    changed_tail = generate_images(sd1, [request(prompt=tags.replace("tag25", "hat"))])[0]
+    assert not np.array_equal(pixels(long), pixels(changed_tail))
+    # a long negative prompt beside a short prompt: both take the same number of windows
+    generate_images(sd1, [request(negative_prompt=tags)])
