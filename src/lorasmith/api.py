@@ -30,19 +30,25 @@ def load_datasets(config: TrainConfig, verify_images: bool = True):
     return train, reg
 
 
-def guess_family(config: TrainConfig) -> tuple[str, str]:
-    """(family name, how we know) without loading weights; 'sd1' when nothing tells."""
-    if config.model_family != "auto":
-        return config.model_family, "from model_family"
+def base_architecture(config: TrainConfig) -> tuple[str, dict | None]:
+    """(family, the checkpoint's own architecture configs or None) read without loading weights.
+
+    'sd1' when nothing tells; a model it cannot read is no error here: training will say why.
+    """
+    family, configs = config.model_family, None
     path = config.pretrained_model_name_or_path
     if path and Path(path).expanduser().exists():
         try:
             from lorasmith.models.detect import detect_family
 
-            return detect_family(str(Path(path).expanduser()))[0], "detected from the checkpoint"
-        except Exception:  # the plan must work even for a model it cannot read; training will say why
-            pass
-    return "sd1", "assumed (no readable base model given)"
+            detected, details = detect_family(str(Path(path).expanduser()))
+        except Exception:  # the plan must work even for a model it cannot read
+            detected, details = None, {}
+        if family == "auto" and detected:
+            family = detected
+        if detected == family:
+            configs = details.get("configs")
+    return ("sd1" if family == "auto" else family), configs
 
 
 def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ignore_events):
@@ -54,11 +60,12 @@ def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ig
         events(Message(warning, "warning"))
     train, reg = load_datasets(config, verify_images)
     step_plan = plan_steps(config, train, reg)
-    family, _ = guess_family(config)
+    family, configs = base_architecture(config)
     step_plan.lora_file_bytes = estimate_lora_bytes(
         family, config.network_dim, conv_rank=config.conv_dim,
         train_unet=not config.network_train_text_encoder_only,
         train_text_encoder=not config.network_train_unet_only, save_precision=config.save_precision,
+        configs=configs,
     )
     return step_plan
 

@@ -90,6 +90,16 @@ def test_readme_demo_command_trains_end_to_end(tmp_path):
     import hashlib
     checkpoint = (out / "base" / "tiny-sd1.safetensors").read_bytes()
     assert metadata["ss_new_sd_model_hash"] == hashlib.sha256(checkpoint).hexdigest()
+    # the plan sizes the LoRA of the tiny model it trains (not of the real SD1.5 architecture)
+    from lorasmith import api
+    from lorasmith.config.schema import TrainConfig, with_values
+    planned = api.plan(with_values(TrainConfig(), {
+        "pretrained_model_name_or_path": str(out / "base" / "tiny-sd1.safetensors"),
+        "train_data_dir": str(out / "dataset"), "output_dir": str(tmp_path / "elsewhere"),
+        "network_dim": int(metadata["ss_network_dim"]), "network_alpha": float(metadata["ss_network_alpha"]),
+    }))
+    actual = (out / "output" / "smithy.safetensors").stat().st_size
+    assert abs(planned.lora_file_bytes - actual) < 0.05 * actual, (planned.lora_file_bytes, actual)
     # a second demo run in the same folder replaces only its own earlier demo files
     again = subprocess.run([sys.executable, "-m", "lorasmith", "demo", "--output_dir", str(out),
                             "--max_train_epochs", "1"], capture_output=True, text=True, timeout=600, env=env())

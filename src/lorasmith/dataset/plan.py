@@ -60,7 +60,9 @@ class StepPlan:
         if self.total_steps != self.gui_arithmetic_steps:
             out.append(f"(kohya_ss GUI arithmetic gives {self.gui_arithmetic_steps}; buckets make short batches)")
         if self.lora_file_bytes:
-            out.append(f"LoRA file: about {self.lora_file_bytes / 1e6:.1f} MB per saved epoch")
+            size = self.lora_file_bytes
+            shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} KB"
+            out.append(f"LoRA file: about {shown} per saved epoch")
         out += [f"advice: {a}" for a in self.advice]
         out.append(f"total steps: {self.total_steps}")
         return out

@@ -87,18 +87,18 @@ def _from_checkpoint(
         configs = _shipped_configs(fam.name, details)
     where = f"{source.name} ({fam.title})"
     vae = _materialize(
-        lambda: _diffusers_model("AutoencoderKL", configs["vae"]),
+        lambda: diffusers_model_from_config("AutoencoderKL", configs["vae"]),
         lambda model: convert.vae_from_ldm(checkpoint, configs["vae"]), "VAE", where,
     )
     on_vae(vae, fam)
     unet = _materialize(
-        lambda: _diffusers_model("UNet2DConditionModel", configs["unet"]),
+        lambda: diffusers_model_from_config("UNet2DConditionModel", configs["unet"]),
         lambda model: convert.unet_from_ldm(checkpoint, configs["unet"]), "UNet", where,
     )
     encoders = []
     for index, part in enumerate(TEXT_ENCODER_PARTS[: len(fam.pad_tokens)]):
         encoders.append(_materialize(
-            lambda part=part, index=index: _text_model(configs[part], index),
+            lambda part=part, index=index: text_model_from_config(configs[part], index),
             lambda model, index=index: convert.text_encoder_model_keys(
                 model, convert.text_encoder_from_ldm(checkpoint, fam.name, index, model)),
             f"text encoder {index + 1}", where,
@@ -144,13 +144,14 @@ def _materialize(build: Callable[[], Any], convert_state: Callable[[Any], dict],
     return model.eval()
 
 
-def _diffusers_model(class_name: str, config: dict) -> Any:
+def diffusers_model_from_config(class_name: str, config: dict) -> Any:
     import diffusers
 
     return getattr(diffusers, class_name).from_config(config)
 
 
-def _text_model(config: dict, index: int) -> Any:
+def text_model_from_config(config: dict, index: int) -> Any:
+    """CLIP text encoder `index` (1: SDXL's second, with projection) built from a config dict."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     text_config = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})

@@ -1,8 +1,9 @@
 """How big a LoRA file will be, before training: counted from the architecture, no weights.
 
-The real UNet and text encoders of the family are built on the meta device (no memory, no
-download) from the configs shipped in `lorasmith/models/configs/`, and the sd-scripts target
-layers are read off them. The file is the 8-byte length, the JSON header (one entry per
+The UNet and text encoders are built on the meta device (no memory, no download) from the
+configs the checkpoint carries (a diffusers folder, or a file lorasmith wrote, such as the
+demo's tiny model) or else from those of the family shipped in `lorasmith/models/configs/`,
+and the sd-scripts target layers are read off them. The file is the 8-byte length, the JSON header (one entry per
 tensor, which we size exactly, plus the metadata, which we estimate) and the tensor bytes.
 The tutorial's rule of thumb, ~1.125 MB per unit of rank for SD1.5, falls out of this.
 """
@@ -32,25 +33,29 @@ def _config(family: str, name: str) -> dict:
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
-def meta_components(family_name: str) -> tuple[Any, list]:
-    """(unet, text_encoders) of the real architecture on the meta device."""
+def meta_components(family_name: str, configs: dict | None = None) -> tuple[Any, list]:
+    """(unet, text_encoders) on the meta device: from `configs` (part -> config) or the family's real ones."""
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from lorasmith.models.load import diffusers_model_from_config, text_model_from_config
+
+    parts = ["text_encoder", "text_encoder_2"][: 2 if family_name == "sdxl" else 1]
+    configs = configs or {part: _config(family_name, part) for part in ("unet", *parts)}
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(_config(family_name, "unet"))
-        encoders = [CLIPTextModel(CLIPTextConfig(**_config(family_name, "text_encoder")))]
-        if family_name == "sdxl":
-            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**_config(family_name, "text_encoder_2"))))
+        unet = diffusers_model_from_config("UNet2DConditionModel", configs["unet"])
+        encoders = [text_model_from_config(configs[part], index) for index, part in enumerate(parts)]
     return unet, encoders
 
 
 @lru_cache(maxsize=8)
-def family_targets(family_name: str, conv: bool, train_unet: bool, train_text_encoder: bool) -> tuple[Target, ...]:
-    """The target layers of the family's real architecture (cached: building SDXL takes a moment)."""
+def family_targets(family_name: str, conv: bool, train_unet: bool, train_text_encoder: bool,
+                   configs_json: str | None = None) -> tuple[Target, ...]:
+    """The target layers of the architecture (cached: building SDXL takes a moment).
+
+    `configs_json`: the checkpoint's own architecture configs as JSON (hashable, for the cache).
+    """
     family = get_family(family_name)
-    unet, encoders = meta_components(family_name)
+    unet, encoders = meta_components(family_name, json.loads(configs_json) if configs_json else None)
     return tuple(lora_targets(family, unet, encoders, train_unet=train_unet,
                               train_text_encoder=train_text_encoder, conv=conv))
 
@@ -81,13 +86,18 @@ def tensor_index_bytes(shapes: dict[str, tuple[int, ...]], save_precision: str) 
 
 
 def estimate_lora_bytes(family_name: str, rank: int, conv_rank: int = 0, train_unet: bool = True,
-                        train_text_encoder: bool = True, save_precision: str = "fp16") -> int:
-    """Estimated size in bytes of the LoRA file sd-scripts (and lorasmith) would write."""
+                        train_text_encoder: bool = True, save_precision: str = "fp16",
+                        configs: dict | None = None) -> int:
+    """Estimated size in bytes of the LoRA file sd-scripts (and lorasmith) would write.
+
+    `configs`: the checkpoint's architecture (part -> config), when it carries one; else the family's.
+    """
     if save_precision not in _DTYPE_BYTES:
         raise ConfigError(f"save_precision must be one of {', '.join(_DTYPE_BYTES)}, got {save_precision!r}")
     if rank < 1 or conv_rank < 0:
         raise ConfigError(f"network_dim must be at least 1 and conv_dim 0 or more, got {rank} and {conv_rank}")
-    targets = family_targets(family_name, conv_rank > 0, train_unet, train_text_encoder)
+    configs_json = json.dumps(configs, sort_keys=True) if configs else None
+    targets = family_targets(family_name, conv_rank > 0, train_unet, train_text_encoder, configs_json)
     shapes = lora_tensor_shapes(targets, rank, conv_rank)
     elements = 0
     for shape in shapes.values():

@@ -81,3 +81,23 @@ def test_size_estimate_matches_the_reference_files_and_the_tutorial():
     assert estimate_lora_bytes("sdxl", 32) > 3 * estimate_lora_bytes("sd1", 32)
     with pytest.raises(ConfigError, match="save_precision"):
         estimate_lora_bytes("sd1", 32, save_precision="fp8")
+
+
+@pytest.mark.parametrize("family, layout", [("sd1", "single_file"), ("sdxl", "diffusers")])
+def test_size_estimate_reads_the_architecture_a_checkpoint_carries(tiny, tmp_path, family, layout):
+    # The demo's tiny model (or any diffusers folder) is not the family's real architecture: the
+    # plan must size the LoRA of the model it will train, not of SD1.5.
+    from lorasmith.models.detect import detect_family
+    from lorasmith.models.single_file import save_diffusers_folder, save_single_file
+    from lorasmith.network.lora import LoraSpec, create_lora_network
+    from lorasmith.network.size import METADATA_BYTES_ESTIMATE, tensor_index_bytes
+
+    base = tiny(family)
+    saved = (save_single_file(base, tmp_path / "tiny.safetensors") if layout == "single_file"
+             else save_diffusers_folder(base, tmp_path / "tiny"))
+    configs = detect_family(saved)[1]["configs"]
+    tensors = create_lora_network(base, LoraSpec(rank=4, alpha=2)).kohya_state_dict()
+    header = tensor_index_bytes({k: tuple(t.shape) for k, t in tensors.items()}, "fp16") + METADATA_BYTES_ESTIMATE
+    tensor_bytes = sum(t.numel() * 2 for t in tensors.values())  # fp16
+    assert estimate_lora_bytes(family, 4, configs=configs) == 8 + header + tensor_bytes
+    assert 8 + header + tensor_bytes < estimate_lora_bytes(family, 4) / 20  # far from the real architecture's size
