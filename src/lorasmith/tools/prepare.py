@@ -95,10 +95,40 @@ def check_destination(destination: Path, overwrite: bool) -> None:
                         "(existing files are never replaced)")
 
 
-def copy_images(source: str | Path, destination: Path, caption_extension: str,
+def source_images(source: str | Path, events: EventSink) -> list[Path]:
+    """The images directly in `source`, the folder prepare copies; sub-folders are said, not copied.
+
+    Copying sub-folders into one flat folder could mix two characters or clash on names, so the
+    user is told what is left out (or, when only sub-folders hold images, which to give).
+    """
+    root = Path(source).expanduser()
+    found = find_images(root)  # says when the folder is missing or holds no image at all
+    images = [path for path in found if path.parent == root]
+    nested = [path for path in found if path.parent != root]
+    if not images:
+        folders = sorted({path.relative_to(root).parts[0] for path in nested})
+        if all(_is_subset_name(folder) for folder in folders):
+            raise ToolError(f"'{root}' is already laid out for training ({folders[0]}); use it as "
+                            "train_data_dir, or give the folder of raw images")
+        raise ToolError(f"'{root}' holds no images itself, only in sub-folders ({', '.join(folders[:3])}"
+                        f"{', ...' if len(folders) > 3 else ''}); give the folder of one character's images")
+    if nested:
+        events(Message(f"{len(nested)} image(s) in sub-folders of '{root}' are not copied (e.g. "
+                       f"{nested[0].relative_to(root)}); prepare each folder on its own", "warning"))
+    return images
+
+
+def _is_subset_name(folder: str) -> bool:
+    try:
+        parse_subset_name(folder)
+    except DatasetError:
+        return False
+    return True
+
+
+def copy_images(images: list[Path], destination: Path, caption_extension: str,
                 events: EventSink, task: str) -> tuple[list[Path], list[Path], int]:
-    """Copy the images of `source` (and their captions) into `destination`: (copied, kept, images)."""
-    images = find_images(source, recursive=False)
+    """Copy `images` (and their captions) into `destination`: (copied, kept, images)."""
     destination.mkdir(parents=True, exist_ok=True)
     copied, kept = [], []
     for done, image in enumerate(images, 1):
@@ -146,7 +176,8 @@ def prepare_dataset(
         raise ToolError("give either repeats or target_steps (with epochs and batch_size)")
     name, class_name = check_name(trigger, "name"), " ".join((class_name or "").split())
     extension = check_extension(caption_extension)
-    image_count = len(find_images(source, recursive=False))
+    images = source_images(source, events)
+    image_count = len(images)
     if target_steps is not None:
         repeats = repeats_for_steps(target_steps, image_count, epochs, batch_size)
         steps = planned_steps(image_count, repeats, epochs, batch_size)
@@ -169,14 +200,14 @@ def prepare_dataset(
     if reg_images_dir:
         reg_root = Path(reg_data_dir).expanduser()
         reg_folder = reg_root / subset_folder_name(reg_repeats, check_name(class_name, "class"))
-        find_images(reg_images_dir, recursive=False)  # a wrong reg folder fails before anything is copied
+        reg_images = source_images(reg_images_dir, events)  # a wrong reg folder fails before anything is copied
         check_destination(reg_folder, overwrite)
     check_destination(train_root / folder, overwrite)
     warn_same_name(train_root, folder, events)
-    copied, kept, count = copy_images(source, train_root / folder, extension, events, "copying images")
+    copied, kept, count = copy_images(images, train_root / folder, extension, events, "copying images")
     result = PreparedDataset(train_root, train_root / folder, repeats, count, copied, kept)
     if reg_images_dir:
-        reg_copied, reg_kept, _ = copy_images(reg_images_dir, reg_folder, extension, events,
+        reg_copied, reg_kept, _ = copy_images(reg_images, reg_folder, extension, events,
                                               "copying regularisation images")
         result.copied += reg_copied
         result.kept += reg_kept

@@ -99,3 +99,23 @@ def test_the_raw_folder_is_not_a_training_folder(raw):
 def test_an_image_file_given_as_the_folder_names_its_folder(tmp_path, raw):
     with pytest.raises(ToolError, match="'.*pic1.png' is a file; give the folder that holds your images"):
         prepare_dataset(raw / "pic1.png", tmp_path / "img", "mychar", repeats=1)
+
+
+def test_images_in_sub_folders_are_named_not_copied(tmp_path, raw):
+    solid(raw / "extra" / "more.png", (64, 64), (9, 9, 9))
+    seen = []
+    result = prepare_dataset(raw, tmp_path / "img", "mychar", repeats=2, events=collect_events(seen))
+    assert result.images == 6 and not (result.subset_dir / "more.png").exists()
+    warnings = [e.text for e in seen if isinstance(e, Message) and e.level == "warning"]
+    assert any("1 image(s) in sub-folders" in w and "extra/more.png" in w for w in warnings), warnings
+
+
+def test_a_folder_with_images_only_in_sub_folders_says_which_to_give(tmp_path):
+    solid(tmp_path / "raw" / "alice" / "a.png", (64, 64), (1, 1, 1))
+    solid(tmp_path / "raw" / "bob" / "b.png", (64, 64), (2, 2, 2))
+    with pytest.raises(ToolError, match=r"only in sub-folders \(alice, bob\); give the folder of one"):
+        prepare_dataset(tmp_path / "raw", tmp_path / "img", "mychar", repeats=1)
+    solid(tmp_path / "ready" / "10_mychar" / "a.png", (64, 64), (1, 1, 1))
+    with pytest.raises(ToolError, match=r"already laid out for training \(10_mychar\); use it as train_data_dir"):
+        prepare_dataset(tmp_path / "ready", tmp_path / "img2", "mychar", repeats=1)
+    assert not (tmp_path / "img").exists() and not (tmp_path / "img2").exists()
