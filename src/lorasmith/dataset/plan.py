@@ -127,6 +127,8 @@ def plan_steps(config: TrainConfig, train: Dataset, reg: Dataset | None = None,
     epochs, total = epochs_and_steps(steps_per_epoch, config.max_train_epochs, config.max_train_steps)
     reg_factor = 2 if reg else 1
     gui_steps = math.ceil(train.samples_per_epoch / batch / accum * config.max_train_epochs * reg_factor)
+    if config.max_train_steps > 0:  # a step limit caps both counts alike (or alone decides them)
+        gui_steps = min(gui_steps, config.max_train_steps) if config.max_train_epochs > 0 else config.max_train_steps
     folders = [FolderLine(s.folder.name, len(s.images), s.repeats, d.is_reg) for d in datasets for s in d.subsets]
     bucket_counts: dict = {}
     for path in bucket_of:

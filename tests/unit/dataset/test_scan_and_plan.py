@@ -95,7 +95,10 @@ def test_plan_matches_the_kohya_gui_arithmetic(make_dataset, tmp_path):
     accumulated = plan_steps(with_values(config, {"gradient_accumulation_steps": 4}), scan_dataset(root))
     assert accumulated.total_steps == 4 * 5
     capped = plan_steps(with_values(config, {"max_train_steps": 7}), scan_dataset(root))
-    assert capped.total_steps == 7
+    assert capped.total_steps == 7 == capped.gui_arithmetic_steps
+    steps_decide = plan_steps(with_values(config, {"max_train_epochs": 0, "max_train_steps": 30}), scan_dataset(root))
+    assert (steps_decide.epochs, steps_decide.total_steps) == (2, 30)
+    assert not any("arithmetic gives" in line for line in steps_decide.lines())  # no "gives 0" beside it
 
 
 def test_plan_counts_short_batches_of_buckets_like_the_trainer(make_dataset, tmp_path):
