@@ -64,6 +64,15 @@ def parse_subset_name(folder_name: str) -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
+def is_subset_name(folder_name: str) -> bool:
+    """Whether a folder is named as a kohya training folder ('<repeats>_<name>')."""
+    try:
+        parse_subset_name(folder_name)
+    except DatasetError:
+        return False
+    return True
+
+
 def _suggested_name(folder_name: str) -> str:
     """The name the user probably meant: 'mychar_10' -> '10_mychar', '10 mychar' -> '10_mychar', '0_x' -> '10_x'."""
     for pattern, repeats, name in ((r"^(.+?)[_ -](\d+)$", 2, 1), (r"^(\d+)[ -](.+)$", 1, 2), (r"^(0+)_(.+)$", 0, 2)):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lorasmith.config.schema import parse_resolution
 from lorasmith.dataset.buckets import assign_bucket, bucket_resolutions
-from lorasmith.dataset.scan import is_image, parse_subset_name
+from lorasmith.dataset.scan import is_image, is_subset_name, parse_subset_name
 from lorasmith.errors import DatasetError, ToolError
 from lorasmith.events import EventSink, Progress, ignore_events
 from lorasmith.tools.caption.common import caption_extension as check_extension, caption_path, read_text
@@ -95,21 +95,14 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image(p))
 
 
-def _is_subset_name(name: str) -> bool:
-    try:
-        parse_subset_name(name)
-    except DatasetError:
-        return False
-    return True
-
 
 def collect_images(root: Path, report: DoctorReport) -> list[ImageEntry]:
     """The images training would see, with their repeats; layout problems become findings."""
     loose = _images_in(root)
     subsets = [d for d in _visible_dirs(root) if _images_in(d)]
-    if not subsets or (loose and not any(_is_subset_name(d.name) for d in subsets)):
+    if not subsets or (loose and not any(is_subset_name(d.name) for d in subsets)):
         report.layout = "flat"
-        kohya = _is_subset_name(root.name)
+        kohya = is_subset_name(root.name)
         repeats, name = parse_subset_name(root.name) if kohya else (1, root.name)
         return [ImageEntry(path, repeats, name, kohya) for path in loose]
     report.layout = "kohya"

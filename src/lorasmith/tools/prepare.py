@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorasmith.dataset.scan import parse_subset_name
+from lorasmith.dataset.scan import is_subset_name, parse_subset_name
 from lorasmith.errors import DatasetError, ToolError
 from lorasmith.events import EventSink, FileWritten, Message, Progress, ignore_events
 from lorasmith.tools.caption.common import caption_extension as check_extension, caption_path, find_images
@@ -107,7 +107,7 @@ def source_images(source: str | Path, events: EventSink) -> list[Path]:
     nested = [path for path in found if path.parent != root]
     if not images:
         folders = sorted({path.relative_to(root).parts[0] for path in nested})
-        if all(_is_subset_name(folder) for folder in folders):
+        if all(is_subset_name(folder) for folder in folders):
             raise ToolError(f"'{root}' is already laid out for training ({folders[0]}); use it as "
                             "train_data_dir, or give the folder of raw images")
         raise ToolError(f"'{root}' holds no images itself, only in sub-folders ({', '.join(folders[:3])}"
@@ -117,13 +117,6 @@ def source_images(source: str | Path, events: EventSink) -> list[Path]:
                        f"{nested[0].relative_to(root)}); prepare each folder on its own", "warning"))
     return images
 
-
-def _is_subset_name(folder: str) -> bool:
-    try:
-        parse_subset_name(folder)
-    except DatasetError:
-        return False
-    return True
 
 
 def copy_images(images: list[Path], destination: Path, caption_extension: str,
