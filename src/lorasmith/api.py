@@ -91,6 +91,11 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
         events(Message(warning, "warning"))
     # Mistakes found in a second, not after minutes of loading the model and caching latents.
     check_optimizer_available(config.optimizer_type)
+    if config.network_weights:
+        from lorasmith.network.files import check_start_weights
+
+        check_start_weights(Path(config.network_weights).expanduser(), config.network_dim, config.conv_dim,
+                            not config.network_train_text_encoder_only, not config.network_train_unet_only)
     if not config.resume:  # a resumed run may replace only the files after its epoch: the trainer checks that
         guard_outputs(Path(config.output_dir).expanduser(), config.output_name, config.overwrite)
     torch.set_num_threads(config.num_cpu_threads_per_process)

@@ -180,3 +180,37 @@ def test_latents_encoded_while_the_model_loads_train_the_same_lora(tiny_train_co
     first, _ = load_lora_file(in_background.final_file)
     second, _ = load_lora_file(after_loading.final_file)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_network_weights_start_from_a_trained_lora(tiny_train_config, tmp_path):
+    from lorasmith.config.schema import with_values
+
+    first = api.train(tiny_train_config(max_train_epochs=1, learning_rate=1e-2), base=tiny_base_model("sd1"))
+    trained, _ = load_lora_file(first.final_file)
+    # Going on at a learning rate too small to move fp16 weights gives back the file it started from.
+    events = []
+    again = api.train(tiny_train_config(max_train_epochs=1, learning_rate=1e-12, network_alpha=3,
+                                        network_weights=first.final_file, output_dir=str(tmp_path / "again")),
+                      events=events.append, base=tiny_base_model("sd1"))
+    continued, metadata = load_lora_file(again.final_file)
+    assert continued.keys() == trained.keys()
+    assert all(torch.equal(continued[key], trained[key]) for key in trained)  # alphas too: the file's, not 3
+    assert any("starting from the LoRA weights" in getattr(e, "text", "") for e in events)
+
+
+def test_network_weights_that_do_not_fit_fail_before_the_model_loads(tiny_train_config, tmp_path):
+    from lorasmith.errors import LorasmithError
+
+    lora = api.train(tiny_train_config(max_train_epochs=1), base=tiny_base_model("sd1")).final_file
+    not_a_model = tmp_path / "base.safetensors"
+    not_a_model.write_bytes(b"not a checkpoint")  # reaching the expected error proves nothing was loaded
+    cases = [({"network_dim": 8}, "has rank 4; set network_dim 4"),
+             ({"conv_dim": 2}, "no 3x3 convolution layers; set conv_dim 0"),
+             ({"network_train_unet_only": True}, "also has text encoder weights; set network_train_unet_only false"),
+             ({"network_weights": str(tmp_path / "missing.safetensors")}, "does not exist")]
+    for overrides, message in cases:
+        values = {"max_train_epochs": 1, "network_weights": lora, "output_dir": str(tmp_path / "x"),
+                  "pretrained_model_name_or_path": str(not_a_model), **overrides}
+        config = tiny_train_config(**values)
+        with pytest.raises(LorasmithError, match=message):
+            api.train(config)

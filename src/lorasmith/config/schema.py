@@ -103,6 +103,9 @@ class TrainConfig:
     conv_dim: int = _field(0, "Rank of LoRA on 3x3 convolutions (LoCon); 0 leaves them out.", "advanced")
     conv_alpha: float = _field(0, "Alpha of the 3x3 convolution LoRA; 0 means the same as conv_dim.", "advanced")
     network_dropout: float = _field(0.0, "Dropout on the LoRA's down projection (0 to 1).", "advanced")
+    network_weights: str = _field(
+        "", "A LoRA file to start from, to train it further; it needs the same network_dim, conv_dim and parts.",
+        "advanced")
     gradient_accumulation_steps: int = _field(1, "Add up gradients of N batches before each optimizer step.", "advanced")
     max_grad_norm: float = _field(1.0, "Clip gradients to this norm; 0 turns clipping off.", "advanced")
     cache_latents_to_disk: bool = _field(

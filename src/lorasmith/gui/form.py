@@ -45,6 +45,7 @@ PATH_KINDS = {
     "logging_dir": "folder",
     "sample_prompts": "file",
     "resume": "folder",
+    "network_weights": "file",
 }
 
 # Where the page shows a key when it differs from the schema's group: kohya_ss's GUI (and so

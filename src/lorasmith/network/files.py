@@ -107,10 +107,43 @@ def load_lora_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, s
     except Exception as error:
         raise _corrupt(path, error) from None
     if not any(k.endswith((".lora_down.weight", ".lora_up.weight")) for k in tensors):
-        raise ModelError(f"'{path}' holds no kohya LoRA weights (no .lora_down/.lora_up tensors); "
-                         "pick a LoRA file, not a checkpoint or embedding")
+        raise _not_a_lora(path)
     group_lora_tensors(tensors)  # names the first tensor of a kind we cannot use
     return tensors, metadata
+
+
+def check_start_weights(path: str | os.PathLike, network_dim: int, conv_dim: int, train_unet: bool,
+                        train_text_encoder: bool) -> None:
+    """network_weights: a LoRA that fits the network about to be trained, told from its header alone.
+
+    Checked before a model loads, so a rank that differs is said in a second, not after minutes.
+    """
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            downs = {k: file.get_slice(k).get_shape() for k in file.keys() if k.endswith(".lora_down.weight")}
+    except Exception as error:
+        raise _corrupt(path, error) from None
+    if not downs:
+        raise _not_a_lora(path)
+    # A 3x3 kernel is LoCon's conv rank; linears and SD1's 1x1 proj_in/proj_out carry network_dim.
+    conv = {shape[0] for shape in downs.values() if len(shape) == 4 and tuple(shape[2:]) != (1, 1)}
+    linear = {shape[0] for shape in downs.values() if len(shape) != 4 or tuple(shape[2:]) == (1, 1)}
+    found = f"network_weights '{path.name}'"
+    if linear and linear != {network_dim}:
+        raise ModelError(f"{found} has rank {min(linear)}; set network_dim {min(linear)} to train it further")
+    if conv != ({conv_dim} if conv_dim else set()):
+        raise ModelError(f"{found} has " + (f"conv rank {min(conv)}; set conv_dim {min(conv)}" if conv
+                                            else "no 3x3 convolution layers; set conv_dim 0"))
+    parts = {"UNet": any(k.startswith("lora_unet_") for k in downs),
+             "text encoder": any(k.startswith("lora_te") for k in downs)}
+    for part, wanted, setting in (("UNet", train_unet, "network_train_text_encoder_only"),
+                                  ("text encoder", train_text_encoder, "network_train_unet_only")):
+        if parts[part] != wanted:
+            raise ModelError(f"{found} {'has no' if wanted else 'also has'} {part} weights; "
+                             f"set {setting} {'true' if wanted else 'false'} as it was trained")
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -120,6 +153,11 @@ def _existing(path: str | os.PathLike) -> Path:
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
         raise ModelError(f"'{path}' is a pickle file; lorasmith reads LoRAs only as .safetensors, convert it first")
     return path
+
+
+def _not_a_lora(path: Path) -> ModelError:
+    return ModelError(f"'{path}' holds no kohya LoRA weights (no .lora_down/.lora_up tensors); "
+                      "pick a LoRA file, not a checkpoint or embedding")
 
 
 def _corrupt(path: Path, error: Exception) -> ModelError:

@@ -77,6 +77,8 @@ class Trainer:
         prepare_base_for_training(base, config, spec.train_text_encoder)
         torch.manual_seed(config.seed)  # the LoRA's initial weights come from the seed
         self.network = create_lora_network(base, spec)
+        if config.network_weights:
+            self._start_from(config.network_weights)
         self.train_text_encoder = spec.train_text_encoder
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
         optimizer = build_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
@@ -153,6 +155,14 @@ class Trainer:
         entries = [self.text_cache[c] for c in captions]
         pooled = None if entries[0][1] is None else torch.stack([p for _, p in entries])
         return TextEmbeddings(torch.stack([c for c, _ in entries]), pooled)
+
+    def _start_from(self, path: str) -> None:
+        """network_weights: begin with a LoRA already trained (its alphas too), as sd-scripts does."""
+        from lorasmith.network.files import load_lora_file
+
+        tensors, _ = load_lora_file(Path(path).expanduser())
+        self.network.load_kohya_state_dict(tensors)
+        self.events(Message(f"starting from the LoRA weights of {path}"))
 
     def _resume(self) -> Position:
         tensors, optim, position, _ = load_state(self.config.resume)
