@@ -79,7 +79,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     `base` lets a caller pass an already loaded BaseModel (tests, notebooks); normally the
     model is loaded from `config.pretrained_model_name_or_path`.
     """
-    base_hashes = _hash_checkpoint_early(config.pretrained_model_name_or_path)
+    base_hashes = _hash_checkpoint_early(config.pretrained_model_name_or_path, config.vae)
     import torch
 
     from lorasmith.train.optim import check_optimizer_available
@@ -116,6 +116,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
             config.pretrained_model_name_or_path, family=config.model_family,
             v_parameterization=config.v_parameterization, allow_pickle=config.allow_pickle,
             dtype=weight_dtype(config.mixed_precision, device), device=device, vae_ready=latents,
+            vae_path=config.vae or None,
         )
     trainer = Trainer(config, data, base, events, stop, owns_base=owns_base, base_hashes=base_hashes,
                       latents=latents.future if latents else None)
@@ -123,8 +124,9 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     return trainer.train()
 
 
-def _hash_checkpoint_early(path: str):
-    """Start reading the checkpoint's sha256 (for the metadata) before the heavy imports; None if not a file.
+def _hash_checkpoint_early(path: str, vae_path: str = ""):
+    """Start reading the checkpoint's sha256 (and a separate VAE's) for the metadata before the heavy
+    imports; None when there is no file to hash.
 
     Only the main process of an `accelerate launch` writes files, so only it hashes (torchrun's RANK).
     """
@@ -132,10 +134,11 @@ def _hash_checkpoint_early(path: str):
 
     from lorasmith.models.hashes import hash_in_background
 
-    source = Path(path).expanduser()
-    if not source.is_file() or os.environ.get("RANK", "0") != "0":
+    files = [Path(p).expanduser() if p else None for p in (path, vae_path)]
+    files = [f if f is not None and f.is_file() else None for f in files]
+    if not any(files) or os.environ.get("RANK", "0") != "0":
         return None
-    return hash_in_background(source)
+    return hash_in_background(*files)
 
 
 DEMO_MODEL_NAME = "tiny-sd1.safetensors"

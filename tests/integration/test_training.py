@@ -214,3 +214,29 @@ def test_network_weights_that_do_not_fit_fail_before_the_model_loads(tiny_train_
         config = tiny_train_config(**values)
         with pytest.raises(LorasmithError, match=message):
             api.train(config)
+
+
+def test_a_separate_vae_encodes_the_images_and_is_named_in_the_metadata(tiny_train_config, tmp_path):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from lorasmith.models.single_file import save_single_file
+    from lorasmith.sampling.run_settings import run_settings
+
+    checkpoint = save_single_file(tiny_base_model("sd1"), tmp_path / "base.safetensors")
+    vae_file = tmp_path / "other-vae.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_base_model("sd1", seed=5).vae.state_dict().items()}, vae_file)
+    own = api.train(tiny_train_config(max_train_epochs=1, pretrained_model_name_or_path=str(checkpoint),
+                                      output_dir=str(tmp_path / "own")))
+    separate = api.train(tiny_train_config(max_train_epochs=1, pretrained_model_name_or_path=str(checkpoint),
+                                           vae=str(vae_file), output_dir=str(tmp_path / "separate")))
+    a, own_meta = load_lora_file(own.final_file)
+    b, metadata = load_lora_file(separate.final_file)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # other latents, other training, same seed
+    assert "ss_vae_name" not in own_meta
+    data = vae_file.read_bytes()
+    assert metadata["ss_vae_name"] == "other-vae.safetensors"
+    assert metadata["ss_new_vae_hash"] == hashlib.sha256(data).hexdigest()
+    assert metadata["ss_vae_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    assert run_settings(tmp_path / "separate").vae == str(vae_file)  # grid and evaluate use it too

@@ -81,6 +81,9 @@ def _check_paths(config: TrainConfig, for_training: bool) -> None:
         raise ConfigError(f"base model '{config.pretrained_model_name_or_path}' does not exist; fix the path")
     if not config.output_dir:
         raise ConfigError("output_dir is not set; choose a folder for the LoRA files")
+    if config.vae and not Path(config.vae).expanduser().is_file():
+        raise ConfigError(f"vae file '{config.vae}' does not exist; fix the path or leave it empty "
+                          "to use the checkpoint's own VAE")
     if config.network_weights and not Path(config.network_weights).expanduser().is_file():
         raise ConfigError(f"network_weights file '{config.network_weights}' does not exist; give a LoRA "
                           ".safetensors file or leave it empty")

@@ -75,7 +75,7 @@ def translate(values: dict) -> tuple[dict, list[str]]:
             continue
         if value == "" and target not in ("reg_data_dir", "logging_dir", "output_dir", "train_data_dir",
                                           "pretrained_model_name_or_path", "resume", "training_comment",
-                                          "network_weights"):
+                                          "network_weights", "vae"):
             continue  # the GUI writes "" for a number it leaves unset
         if key == "epoch" and str(values.get("max_train_epochs", "")).strip() not in ("", "0"):
             continue  # sd-scripts lets max_train_epochs win over the GUI's epoch

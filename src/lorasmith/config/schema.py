@@ -44,6 +44,9 @@ class TrainConfig:
         False, "The base model predicts v (SD2.x 768-v models); leave off for SD1.x and SDXL base.", "model")
     allow_pickle: bool = _field(
         False, "Allow .ckpt/.pt pickle checkpoints. A pickle can run code: only for files you trust.", "model")
+    vae: str = _field(
+        "", "A separate VAE file to encode the images (and draw samples) with, instead of the checkpoint's own, "
+        "e.g. for models published with their VAE beside them.", "model")
 
     # --- Folders ---
     train_data_dir: str = _field(

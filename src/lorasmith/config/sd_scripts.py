@@ -15,7 +15,7 @@ UNUSED_KEYS = frozenset({
     "network_args", "dim_from_weights", "network_train_text_encoder_only_lr",
     "save_model_as", "save_last_n_epochs", "save_last_n_epochs_state", "save_every_n_steps",
     "save_last_n_steps", "save_last_n_steps_state", "save_state_on_train_end", "output_config",
-    "xformers", "mem_eff_attn", "lowram", "highvram", "vae", "vae_batch_size", "no_half_vae",
+    "xformers", "mem_eff_attn", "lowram", "highvram", "vae_batch_size", "no_half_vae",
     "full_fp16", "full_bf16", "fp8_base", "persistent_data_loader_workers",
     "log_with", "log_prefix", "log_tracker_name", "wandb_api_key", "wandb_run_name",
     "color_aug", "flip_aug", "random_crop", "face_crop_aug_range", "caption_tag_dropout_rate",

@@ -39,6 +39,7 @@ _LABELS = {
 # Fields that hold a path, and whether it names a file or a folder (the path chooser uses it).
 PATH_KINDS = {
     "pretrained_model_name_or_path": "file",
+    "vae": "file",
     "train_data_dir": "folder",
     "reg_data_dir": "folder",
     "output_dir": "folder",

@@ -40,6 +40,15 @@ def model_hashes(path: str | Path) -> dict[str, str]:
     return {"sd_model_hash": legacy_hash(path), "new_sd_model_hash": file_sha256(path)}
 
 
-def hash_in_background(path: str | Path) -> Future:
-    """`model_hashes(path)` read beside the main thread at the lowest priority (exiting never waits for it)."""
-    return run_in_background(model_hashes, path, name="hash", lowest_priority=True)
+def vae_hashes(path: str | Path) -> dict[str, str]:
+    """The same two hashes of a separate VAE file, under the names sd-scripts' metadata gives them."""
+    return {"vae_hash": legacy_hash(path), "new_vae_hash": file_sha256(path)}
+
+
+def hash_in_background(path: str | Path | None, vae_path: str | Path | None = None) -> Future:
+    """`model_hashes(path)` (and `vae_hashes(vae_path)`) read beside the main thread at the lowest
+    priority (exiting never waits for it); a None path is left out."""
+    def hashes() -> dict[str, str]:
+        return {**(model_hashes(path) if path else {}), **(vae_hashes(vae_path) if vae_path else {})}
+
+    return run_in_background(hashes, name="hash", lowest_priority=True)

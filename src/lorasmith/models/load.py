@@ -10,6 +10,7 @@ configs, or the configs that ship with lorasmith.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,17 @@ def load_base_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     vae_ready: VaeReady | None = None,
+    vae_path: str | None = None,
 ) -> BaseModel:
     """Load the SD1/SD2/SDXL checkpoint at `path`; `family` other than "auto" overrides detection.
 
     v-prediction is on if `v_parameterization` is set or the checkpoint says so. The VAE loads
     first: `vae_ready(vae, family)` gets it on `device` before the UNet and text encoders load,
-    so that a caller can start encoding images with it meanwhile.
+    so that a caller can start encoding images with it meanwhile. `vae_path`: a separate VAE
+    file (original or diffusers names) used instead of the checkpoint's own.
     """
     source = Path(path)
+    separate_vae = read_vae_file(Path(vae_path), dtype, allow_pickle) if vae_path else None
 
     def on_vae(vae, fam: Family) -> None:
         if vae_ready is not None:
@@ -56,16 +60,17 @@ def load_base_model(
     if not source.exists():
         raise ModelError(f"base model not found: {source}; check the path (pretrained_model_name_or_path)")
     if source.is_dir():
-        base = _load_diffusers_folder(source, family, v_parameterization, allow_pickle, dtype, on_vae)
+        base = _load_diffusers_folder(source, family, v_parameterization, allow_pickle, dtype, on_vae, separate_vae)
     elif source.suffix.lower() == ".safetensors":
         with SafetensorsFile(source, dtype) as checkpoint:
             detected, details = family_from_tensors(checkpoint.shapes(), checkpoint.metadata(), source.name)
-            base = _from_checkpoint(checkpoint, source, family, detected, details, v_parameterization, on_vae)
+            base = _from_checkpoint(checkpoint, source, family, detected, details, v_parameterization, on_vae,
+                                    separate_vae)
     elif source.suffix.lower() in PICKLE_SUFFIXES:
         tensors = load_pickle(source, allow_pickle)
         detected, details = family_from_tensors({k: tuple(v.shape) for k, v in tensors.items()}, {}, source.name)
         base = _from_checkpoint(CastingDict(tensors, dtype), source, family, detected, details, v_parameterization,
-                                on_vae)
+                                on_vae, separate_vae)
         del tensors
     else:
         raise ModelError(f"{source.name}: unknown model file type; give a .safetensors or .ckpt file or a diffusers folder")
@@ -78,7 +83,7 @@ def load_base_model(
 
 def _from_checkpoint(
     checkpoint: Mapping, source: Path, family: str, detected: str, details: dict, v_parameterization: bool,
-    on_vae: VaeReady,
+    on_vae: VaeReady, separate_vae: SeparateVae | None = None,
 ) -> BaseModel:
     fam = FAMILIES[detected if family == "auto" else family]
     if details["configs"] and fam.name == detected:
@@ -86,10 +91,13 @@ def _from_checkpoint(
     else:  # a real checkpoint, or an override of the detected family
         configs = _shipped_configs(fam.name, details)
     where = f"{source.name} ({fam.title})"
-    vae = _materialize(
-        lambda: diffusers_model_from_config("AutoencoderKL", configs["vae"]),
-        lambda model: convert.vae_from_ldm(checkpoint, configs["vae"]), "VAE", where,
-    )
+    if separate_vae:
+        vae = separate_vae.build(configs["vae"])
+    else:
+        vae = _materialize(
+            lambda: diffusers_model_from_config("AutoencoderKL", configs["vae"]),
+            lambda model: convert.vae_from_ldm(checkpoint, configs["vae"]), "VAE", where,
+        )
     on_vae(vae, fam)
     unet = _materialize(
         lambda: diffusers_model_from_config("UNet2DConditionModel", configs["unet"]),
@@ -106,6 +114,39 @@ def _from_checkpoint(
     v_prediction = bool(v_parameterization or details.get("v_prediction"))
     return _assemble(fam, v_prediction, unet, vae, encoders, [clip_tokenizer(p) for p in fam.pad_tokens], source,
                      {"layout": "single_file", "sd_model_hash": legacy_hash(source)})
+
+
+@dataclass
+class SeparateVae:
+    """The tensors of a VAE file given beside the checkpoint, built into the family's VAE when known."""
+
+    name: str
+    tensors: dict
+
+    def build(self, vae_config: dict) -> Any:
+        def diffusers_names(model: Any) -> dict:
+            if any(key.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for key in self.tensors):
+                return self.tensors  # saved from diffusers already
+            return convert.vae_from_ldm(self.tensors, vae_config)  # the original layout, any prefix
+
+        return _materialize(lambda: diffusers_model_from_config("AutoencoderKL", vae_config), diffusers_names,
+                            "VAE", self.name)
+
+
+def read_vae_file(path: Path, dtype: torch.dtype, allow_pickle: bool) -> SeparateVae:
+    """A separate VAE file (.safetensors, or a pickle if allowed), its tensors in `dtype`."""
+    if not path.is_file():
+        raise ModelError(f"VAE file not found: {path}; check the path (vae)")
+    if path.suffix.lower() == ".safetensors":
+        with SafetensorsFile(path, dtype) as file:
+            tensors = {key: file[key] for key in file}
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
+        tensors = dict(CastingDict(load_pickle(path, allow_pickle), dtype))
+    else:
+        raise ModelError(f"{path.name}: unknown VAE file type; give a .safetensors VAE file")
+    if not any(".conv_in." in key and "encoder" in key for key in tensors):
+        raise ModelError(f"{path.name} holds no VAE encoder (no encoder.conv_in tensors); give a VAE file")
+    return SeparateVae(path.name, tensors)
 
 
 def _shipped_configs(family: str, details: dict) -> dict:
@@ -179,7 +220,7 @@ def _to_device(base: BaseModel, device: str | torch.device) -> None:
 
 
 def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, allow_pickle: bool, dtype,
-                           on_vae: VaeReady) -> BaseModel:
+                           on_vae: VaeReady, separate_vae: SeparateVae | None = None) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     detected, details = detect_family(source)
@@ -190,7 +231,11 @@ def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, 
             raise ModelError(f"{source} has no {part}/ folder, which a {fam.title} model needs; give a complete model")
     options = {part: _weight_options(source / part, allow_pickle) for part in parts}
     try:
-        vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, local_files_only=True, **options["vae"])
+        if separate_vae:
+            vae = separate_vae.build(details["configs"]["vae"])
+        else:
+            vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, local_files_only=True,
+                                                **options["vae"])
         on_vae(vae.eval(), fam)
         unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=dtype, local_files_only=True,
                                                     **options["unet"])

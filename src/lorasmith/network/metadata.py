@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from lorasmith.models.families import Family, modelspec_architecture
@@ -54,8 +55,9 @@ def build_metadata(
 ) -> dict[str, str]:
     """Every ss_* and modelspec.* key of a LoRA saved after `steps` steps of `epoch`.
 
-    base_model_hashes: {"sd_model_hash": <A1111 legacy hash>, "new_sd_model_hash": <sha256>};
-    keys that are absent are left out, as sd-scripts does for models it did not hash.
+    base_model_hashes: {"sd_model_hash": <A1111 legacy hash>, "new_sd_model_hash": <sha256>}, and
+    "vae_hash"/"new_vae_hash" of a separate VAE; keys that are absent are left out, as sd-scripts
+    does for models it did not hash.
     """
     saved_at = time.time() if saved_at is None else saved_at
     width, height = config.resolution_wh
@@ -115,6 +117,11 @@ def build_metadata(
         metadata["ss_sd_model_hash"] = base_model_hashes["sd_model_hash"]
     if "new_sd_model_hash" in base_model_hashes:
         metadata["ss_new_sd_model_hash"] = base_model_hashes["new_sd_model_hash"]
+    if config.vae:  # trained with a separate VAE: sd-scripts names and hashes it too
+        metadata["ss_vae_name"] = Path(config.vae).name
+        for ours, theirs in (("vae_hash", "ss_vae_hash"), ("new_vae_hash", "ss_new_vae_hash")):
+            if ours in base_model_hashes:
+                metadata[theirs] = base_model_hashes[ours]
     args = network_args(config)
     if args is not None:
         metadata["ss_network_args"] = json.dumps(args)

@@ -19,6 +19,7 @@ class RunSettings:
     model_family: str = "auto"
     v_parameterization: bool = False
     allow_pickle: bool = False  # the user allowed this very file for training
+    vae: str = ""  # the separate VAE the run trained with, if any
     resolution: tuple[int, int] = (512, 512)
     clip_skip: int = 1
     max_token_length: int = 75
@@ -40,7 +41,7 @@ def run_settings(run_dir: str | Path | None) -> RunSettings:
     return RunSettings(
         base_model=record.base_model, model_family=config.get("model_family", "auto"),
         v_parameterization=bool(config.get("v_parameterization", False)),
-        allow_pickle=bool(config.get("allow_pickle", False)),
+        allow_pickle=bool(config.get("allow_pickle", False)), vae=str(config.get("vae", "") or ""),
         resolution=parse_resolution(config.get("resolution", "512,512")),
         clip_skip=int(config.get("clip_skip", 1)), max_token_length=int(config.get("max_token_length", 75)),
         output_name=record.output_name)
@@ -58,9 +59,11 @@ def load_for_testing(base_model: str | None, settings: RunSettings = RunSettings
     if not path:
         raise ToolError("no base model: give the base model file (--model); no run record here names one")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    own_base = path == settings.base_model  # the run's own base: its pickle permission and VAE apply
     return load_base_model(path, family=settings.model_family, v_parameterization=settings.v_parameterization,
-                           allow_pickle=allow_pickle or (settings.allow_pickle and path == settings.base_model),
-                           dtype=weight_dtype(precision, device), device=device)
+                           allow_pickle=allow_pickle or (settings.allow_pickle and own_base),
+                           dtype=weight_dtype(precision, device), device=device,
+                           vae_path=settings.vae if own_base and settings.vae else None)
 
 
 def free_name(folder: Path, stem: str, suffix: str = ".png") -> str:

@@ -156,3 +156,43 @@ def test_file_sha256_reads_files_larger_than_its_block(tmp_path):
     data = os.urandom(33 * 2**20 + 5)  # two full 16 MiB blocks and a short one
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def other_vae_files(tmp_path_factory):
+    """Another tiny VAE (seed 5) saved as users find VAEs: original names, diffusers names, a pickle."""
+    from lorasmith.models.convert import base_model_to_ldm
+    from lorasmith.models.ldm_layout import VAE_PREFIX
+    from lorasmith.models.tiny import tiny_base_model
+
+    other = tiny_base_model("sd1", seed=5)
+    original = {key[len(VAE_PREFIX):]: value.contiguous() for key, value in base_model_to_ldm(other).items()
+                if key.startswith(VAE_PREFIX)}
+    root = tmp_path_factory.mktemp("vae")
+    save_file(original, root / "vae-original.safetensors")
+    save_file({k: v.contiguous() for k, v in other.vae.state_dict().items()}, root / "vae-diffusers.safetensors")
+    torch.save({"state_dict": original}, root / "animevae.pt")
+    return other.vae, root
+
+
+@pytest.mark.parametrize("layout", ["single_file", "diffusers"])
+@pytest.mark.parametrize("name", ["vae-original.safetensors", "vae-diffusers.safetensors", "animevae.pt"])
+def test_a_separate_vae_file_replaces_the_checkpoints_own(tiny_models, saved_models, other_vae_files, layout, name):
+    other_vae, root = other_vae_files
+    base = load_base_model(str(saved_models("sd1", layout)), vae_path=str(root / name), allow_pickle=True)
+    got, expected = base.vae.state_dict(), other_vae.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    own = tiny_models("sd1")  # everything else is the checkpoint's
+    assert all(torch.equal(a, b) for a, b in zip(base.unet.state_dict().values(), own.unet.state_dict().values()))
+
+
+def test_a_separate_vae_that_is_not_one_is_a_one_line_error(saved_models, other_vae_files, tmp_path):
+    _, root = other_vae_files
+    checkpoint = str(saved_models("sd1", "single_file"))
+    with pytest.raises(ModelError, match="animevae.pt is a pickle.*--allow_pickle"):
+        load_base_model(checkpoint, vae_path=str(root / "animevae.pt"))
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "lora.safetensors")
+    with pytest.raises(ModelError, match="lora.safetensors holds no VAE encoder"):
+        load_base_model(checkpoint, vae_path=str(tmp_path / "lora.safetensors"))
+    with pytest.raises(ModelError, match="VAE file not found"):
+        load_base_model(checkpoint, vae_path=str(tmp_path / "gone.safetensors"))
