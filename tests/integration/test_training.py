@@ -183,7 +183,6 @@ def test_latents_encoded_while_the_model_loads_train_the_same_lora(tiny_train_co
 
 
 def test_network_weights_start_from_a_trained_lora(tiny_train_config, tmp_path):
-
     first = api.train(tiny_train_config(max_train_epochs=1, learning_rate=1e-2), base=tiny_base_model("sd1"))
     trained, _ = load_lora_file(first.final_file)
     # Going on at a learning rate too small to move fp16 weights gives back the file it started from.
