@@ -91,7 +91,8 @@ def test_clashing_files_and_an_unusable_optimizer_fail_before_the_model_loads(ti
 def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_train_config, tmp_path):
     from lorasmith.config.schema import with_values
 
-    full = tiny_train_config(max_train_epochs=2, save_state=True, network_dropout=0.1, shuffle_caption=True)
+    full = tiny_train_config(max_train_epochs=2, save_state=True, network_dropout=0.1, shuffle_caption=True,
+                             flip_aug=True)
     straight = api.train(full, base=tiny_base_model("sd1"))
     state = tmp_path / "out" / "mychar-000001-state"
     assert state.is_dir()
@@ -238,3 +239,13 @@ def test_a_separate_vae_encodes_the_images_and_is_named_in_the_metadata(tiny_tra
     assert metadata["ss_new_vae_hash"] == hashlib.sha256(data).hexdigest()
     assert metadata["ss_vae_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
     assert run_settings(tmp_path / "separate").vae == str(vae_file)  # grid and evaluate use it too
+
+
+def test_flip_aug_trains_on_mirror_images(tiny_train_config, tmp_path):
+    plain = api.train(tiny_train_config(max_train_epochs=1), base=tiny_base_model("sd1"))
+    flipped = api.train(tiny_train_config(max_train_epochs=1, flip_aug=True, output_dir=str(tmp_path / "flip")),
+                        base=tiny_base_model("sd1"))
+    a, plain_meta = load_lora_file(plain.final_file)
+    b, metadata = load_lora_file(flipped.final_file)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same seed, other latents for some samples
+    assert (plain_meta["ss_flip_aug"], metadata["ss_flip_aug"]) == ("False", "True")

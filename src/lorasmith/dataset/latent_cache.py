@@ -3,7 +3,8 @@
 A disk cache entry lives in a hidden `.lorasmith-cache` folder beside the image (the scanner
 skips hidden folders) and is reused only while the image file (size and modification time),
 the bucket and the VAE are the same; anything else is encoded again. We take the mean of the
-VAE's latent distribution, so cached and uncached runs see identical latents.
+VAE's latent distribution, so cached and uncached runs see identical latents. With flip_aug the
+mirrored image is encoded too (a VAE's latents of a mirrored image are not the mirrored latents).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class CachedImage:
     latents: torch.Tensor  # [4, h, w], already multiplied by the family's latent scale
     original_hw: tuple[int, int]
     crop_top_left: tuple[int, int]
+    flipped: torch.Tensor | None = None  # latents of the mirrored image (flip_aug)
 
 
 def vae_fingerprint(vae) -> str:
@@ -45,7 +47,7 @@ def _source_stamp(image: Path) -> np.ndarray:
     return np.array([stat.st_size, stat.st_mtime_ns], dtype=np.int64)
 
 
-def _read_disk_entry(image: Path, bucket: tuple[int, int], fingerprint: str) -> CachedImage | None:
+def _read_disk_entry(image: Path, bucket: tuple[int, int], fingerprint: str, flip: bool) -> CachedImage | None:
     path = cache_path(image, bucket)
     if not path.is_file():
         return None
@@ -53,8 +55,11 @@ def _read_disk_entry(image: Path, bucket: tuple[int, int], fingerprint: str) -> 
         with np.load(path) as data:
             if str(data["vae"]) != fingerprint or not np.array_equal(data["stamp"], _source_stamp(image)):
                 return None
+            if flip and "flipped" not in data:
+                return None  # made by a run without flip_aug
+            flipped = torch.from_numpy(data["flipped"].copy()) if flip else None
             return CachedImage(torch.from_numpy(data["latents"].copy()), tuple(data["original_hw"]),
-                               tuple(data["crop"]))
+                               tuple(data["crop"]), flipped)
     except (OSError, KeyError, ValueError):  # a damaged cache entry is simply made again
         return None
 
@@ -63,8 +68,9 @@ def _write_disk_entry(image: Path, bucket: tuple[int, int], fingerprint: str, en
     path = cache_path(image, bucket)
     path.parent.mkdir(exist_ok=True)
     temp = path.with_suffix(".tmp.npz")
+    extra = {} if entry.flipped is None else {"flipped": entry.flipped.numpy()}
     np.savez(temp, latents=entry.latents.numpy(), original_hw=np.array(entry.original_hw),
-             crop=np.array(entry.crop_top_left), stamp=_source_stamp(image), vae=np.array(fingerprint))
+             crop=np.array(entry.crop_top_left), stamp=_source_stamp(image), vae=np.array(fingerprint), **extra)
     temp.replace(path)
 
 
@@ -77,13 +83,16 @@ def encode_latents(vae, pixels: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def cache_latents(vae, bucket_of: dict[Path, tuple[int, int]], scale: float, to_disk: bool = False,
-                  batch_size: int = 4, progress=None) -> dict[Path, CachedImage]:
-    """Latents for every image in `bucket_of` (path -> bucket). `progress(done, total)` is optional."""
+                  batch_size: int = 4, progress=None, flip: bool = False) -> dict[Path, CachedImage]:
+    """Latents for every image in `bucket_of` (path -> bucket), and of its mirror image when `flip`.
+
+    `progress(done, total)` is optional.
+    """
     fingerprint = vae_fingerprint(vae) if to_disk else ""
     cached: dict[Path, CachedImage] = {}
     todo: dict[tuple[int, int], list[Path]] = {}
     for image, bucket in bucket_of.items():
-        entry = _read_disk_entry(image, bucket, fingerprint) if to_disk else None
+        entry = _read_disk_entry(image, bucket, fingerprint, flip) if to_disk else None
         if entry is not None:
             cached[image] = entry
         else:
@@ -93,9 +102,12 @@ def cache_latents(vae, bucket_of: dict[Path, tuple[int, int]], scale: float, to_
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             loaded = [load_image(path, bucket) for path in chunk]
-            latents = encode_latents(vae, torch.stack([pixels for pixels, _, _ in loaded]), scale).cpu()
-            for path, (_, original_hw, crop), latent in zip(chunk, loaded, latents):
-                cached[path] = CachedImage(latent.clone(), original_hw, crop)
+            pixels = torch.stack([pixels for pixels, _, _ in loaded])
+            latents = encode_latents(vae, pixels, scale).cpu()
+            mirrored = encode_latents(vae, pixels.flip(-1), scale).cpu() if flip else [None] * len(chunk)
+            for path, (_, original_hw, crop), latent, flipped in zip(chunk, loaded, latents, mirrored):
+                cached[path] = CachedImage(latent.clone(), original_hw, crop,
+                                           None if flipped is None else flipped.clone())
                 if to_disk:
                     _write_disk_entry(path, bucket, fingerprint, cached[path])
             done += len(chunk)

@@ -107,6 +107,7 @@ def build_metadata(
         "ss_min_bucket_reso": config.min_bucket_reso,
         "ss_max_bucket_reso": config.max_bucket_reso,
         "ss_shuffle_caption": bool(config.shuffle_caption),
+        "ss_flip_aug": bool(config.flip_aug),
         "ss_keep_tokens": config.keep_tokens,
         "ss_dataset_dirs": json.dumps(dataset_dirs),
         "ss_reg_dataset_dirs": json.dumps(reg_dataset_dirs or {}),

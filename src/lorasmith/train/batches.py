@@ -31,19 +31,27 @@ class CaptionRules:
 
 def collate(samples: list[Sample], bucket: tuple[int, int], rng: random.Random, rules: CaptionRules,
             prior_loss_weight: float, cache: dict[object, CachedImage] | None, vae=None,
-            latent_scale: float = 1.0) -> TensorBatch:
-    """Latents come from the cache when there is one, else the VAE encodes the images now."""
+            latent_scale: float = 1.0, flip: bool = False) -> TensorBatch:
+    """Latents come from the cache when there is one, else the VAE encodes the images now.
+
+    `flip` (flip_aug): each sample is mirrored with probability 1/2, drawn from `rng` after the
+    captions, so that runs without it draw exactly as before.
+    """
+    captions = [prepare_caption(s.item.caption, rng, rules.shuffle, rules.keep_tokens, rules.dropout_rate)
+                for s in samples]
+    mirrored = [flip and rng.random() < 0.5 for _ in samples]
     if cache is not None:
         entries = [cache[s.item.path] for s in samples]
+        latents = [e.flipped if m else e.latents for e, m in zip(entries, mirrored)]
     else:
         loaded = [load_image(s.item.path, bucket) for s in samples]
-        latents = encode_latents(vae, torch.stack([pixels for pixels, _, _ in loaded]), latent_scale).cpu()
+        pixels = torch.stack([p.flip(-1) if m else p for (p, _, _), m in zip(loaded, mirrored)])
+        latents = list(encode_latents(vae, pixels, latent_scale).cpu())
         entries = [CachedImage(latent, hw, crop) for latent, (_, hw, crop) in zip(latents, loaded)]
     target_hw = (bucket[1], bucket[0])
     return TensorBatch(
-        latents=torch.stack([e.latents for e in entries]),
-        captions=[prepare_caption(s.item.caption, rng, rules.shuffle, rules.keep_tokens, rules.dropout_rate)
-                  for s in samples],
+        latents=torch.stack(latents),
+        captions=captions,
         weights=torch.tensor([prior_loss_weight if s.is_reg else 1.0 for s in samples]),
         time_ids=torch.stack([sdxl_time_ids(e.original_hw, e.crop_top_left, target_hw) for e in entries]),
     )

@@ -60,7 +60,8 @@ def cache_training_latents(vae, family, config: TrainConfig, data: TrainingData,
 
     events(Message(f"caching latents of {len(data.bucket_of)} images"))
     return cache_latents(vae, data.bucket_of, family.latent_scale, to_disk=config.cache_latents_to_disk,
-                         progress=lambda done, total: events(Progress("cache latents", done, total)))
+                         progress=lambda done, total: events(Progress("cache latents", done, total)),
+                         flip=config.flip_aug)
 
 
 class LatentsWhileLoading:

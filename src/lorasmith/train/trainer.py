@@ -228,7 +228,7 @@ class Trainer:
         torch.manual_seed(seed)  # LoRA dropout draws from the global generator
         bucket = self.data.bucket_of[batch[0].item.path]
         tensors = collate(batch, bucket, random.Random(seed), rules, config.prior_loss_weight, self.cache,
-                          self.base.vae, self.base.family.latent_scale)
+                          self.base.vae, self.base.family.latent_scale, config.flip_aug)
         device = accelerator.device
         latents = tensors.latents.to(device, weight_dtype(config.mixed_precision, device))
         draw = draw_noise(latents, model.noise_scheduler.config.num_train_timesteps,

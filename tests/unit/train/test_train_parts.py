@@ -146,3 +146,40 @@ def test_gradient_checkpointing_of_the_text_encoder_warns_nothing():
         warnings.simplefilter("error", FutureWarning)  # transformers' deprecated name printed one every run
         prepare_base_for_training(base, with_values(TrainConfig(), {"gradient_checkpointing": True}), True)
     assert base.unet.is_gradient_checkpointing and base.text_encoders[0].is_gradient_checkpointing
+
+
+def test_flip_aug_caches_the_mirror_images_latents_and_collate_picks_half_at_random(tmp_path):
+    from tests.conftest import write_image
+    from lorasmith.dataset import latent_cache
+    from lorasmith.dataset.batches import Sample
+    from lorasmith.dataset.images import load_image
+    from lorasmith.dataset.scan import ImageItem
+    from lorasmith.models.tiny import tiny_base_model
+    from lorasmith.train.batches import CaptionRules, collate
+
+    vae = tiny_base_model("sd1").vae
+    image = write_image(tmp_path / "10_a" / "a.png", (64, 64), seed=1)
+    buckets = {image: (64, 64)}
+    cache = latent_cache.cache_latents(vae, buckets, 0.18215, flip=True)
+    pixels = load_image(image, (64, 64))[0]
+    mirrored = latent_cache.encode_latents(vae, pixels.flip(-1)[None], 0.18215)[0]
+    assert torch.equal(cache[image].flipped, mirrored) and not torch.equal(cache[image].flipped, cache[image].latents)
+    # the disk cache of a run without flip_aug is encoded again, then kept with both
+    latent_cache.cache_latents(vae, buckets, 0.18215, to_disk=True)
+    assert latent_cache.cache_latents(vae, buckets, 0.18215, to_disk=True, flip=True)[image].flipped is not None
+    assert torch.equal(latent_cache.cache_latents(vae, buckets, 0.18215, to_disk=True, flip=True)[image].flipped,
+                       mirrored)
+
+    samples = [Sample(ImageItem(image, "mychar, smile, hat", None), None, False)] * 40
+    rules = CaptionRules(shuffle=True)
+    flipped = collate(samples, (64, 64), random.Random(3), rules, 1.0, cache, flip=True)
+    plain = collate(samples, (64, 64), random.Random(3), rules, 1.0, cache)
+    mirrors = sum(torch.equal(latent, cache[image].flipped) for latent in flipped.latents)
+    assert 10 < mirrors < 30  # about half
+    assert all(torch.equal(latent, cache[image].latents) for latent in plain.latents)
+    assert flipped.captions == plain.captions  # the flips are drawn after the captions
+    cached = collate(samples[:8], (64, 64), random.Random(4), rules, 1.0, cache, flip=True)
+    assert 0 < sum(torch.equal(latent, cache[image].flipped) for latent in cached.latents) < 8
+    uncached = collate(samples[:8], (64, 64), random.Random(4), rules, 1.0, None, vae, 0.18215, flip=True)
+    for got, expected in zip(uncached.latents, cached.latents):
+        torch.testing.assert_close(got, expected)  # encoding now mirrors the same samples
