@@ -92,7 +92,7 @@ def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_train_
     from lorasmith.config.schema import with_values
 
     full = tiny_train_config(max_train_epochs=2, save_state=True, network_dropout=0.1, shuffle_caption=True,
-                             flip_aug=True)
+                             flip_aug=True, caption_tag_dropout_rate=0.2)
     straight = api.train(full, base=tiny_base_model("sd1"))
     state = tmp_path / "out" / "mychar-000001-state"
     assert state.is_dir()

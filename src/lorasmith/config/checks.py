@@ -24,7 +24,8 @@ _MINIMUMS = {
     "bucket_reso_steps": (8, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
     "prior_loss_weight": (0, True), "sample_every_n_epochs": (0, True), "sample_every_n_steps": (0, True),
 }
-_FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "validation_split": 0.5}
+_FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
+              "validation_split": 0.5}
 
 
 def _check_ranges(config: TrainConfig) -> None:
@@ -99,8 +100,7 @@ def advisory_warnings(config: TrainConfig) -> list[str]:
                         "the tutorial advises alpha <= rank (usually rank / 2)")
     if config.effective_text_encoder_lr > config.learning_rate:
         warnings.append("text_encoder_lr is higher than learning_rate; the tutorial advises half of it or equal")
-    if config.cache_text_encoder_outputs and (not config.network_train_unet_only or config.shuffle_caption
-                                              or config.caption_dropout_rate > 0):
+    if config.cache_text_encoder_outputs and (not config.network_train_unet_only or config.captions_vary):
         warnings.append("cache_text_encoder_outputs needs network_train_unet_only and fixed captions; it is ignored")
     if config.conv_alpha > config.conv_dim > 0:
         warnings.append("conv_alpha is above conv_dim")

@@ -123,6 +123,9 @@ class TrainConfig:
     shuffle_caption: bool = _field(False, "Shuffle comma-separated tags each step (keeps the first keep_tokens).", "advanced")
     keep_tokens: int = _field(0, "Tags at the start of a caption that shuffling never moves (your trigger word).", "advanced")
     caption_dropout_rate: float = _field(0.0, "Chance of training a step with an empty caption.", "advanced")
+    caption_tag_dropout_rate: float = _field(
+        0.0, "Chance of leaving out each tag of a caption (not the keep_tokens ones), so the trigger word "
+        "takes in what the tags do not say.", "advanced")
     clip_skip: int = _field(1, "Use the text encoder's n-th last layer; anime (NAI-based) models use 2.", "advanced")
     max_token_length: int = _field(
         75, "Caption tokens the text encoder reads: 75, or 150 / 225 for long tag lists (the rest is cut).", "advanced")
@@ -161,6 +164,11 @@ class TrainConfig:
     @property
     def effective_text_encoder_lr(self) -> float:
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    @property
+    def captions_vary(self) -> bool:
+        """Whether a caption can read differently from step to step (so its encoding cannot be cached)."""
+        return self.shuffle_caption or self.caption_dropout_rate > 0 or self.caption_tag_dropout_rate > 0
 
     @property
     def effective_logging_dir(self) -> str:

@@ -18,7 +18,7 @@ UNUSED_KEYS = frozenset({
     "xformers", "mem_eff_attn", "lowram", "highvram", "vae_batch_size", "no_half_vae",
     "full_fp16", "full_bf16", "fp8_base", "persistent_data_loader_workers",
     "log_with", "log_prefix", "log_tracker_name", "wandb_api_key", "wandb_run_name",
-    "color_aug", "random_crop", "face_crop_aug_range", "caption_tag_dropout_rate",
+    "color_aug", "random_crop", "face_crop_aug_range",
     "caption_dropout_every_n_epochs", "caption_prefix", "caption_suffix", "secondary_separator",
     "keep_tokens_separator", "weighted_captions", "multires_noise_iterations", "multires_noise_discount",
     "adaptive_noise_scale", "ip_noise_gamma", "zero_terminal_snr", "debiased_estimation_loss",

@@ -10,19 +10,22 @@ def split_tags(caption: str) -> list[str]:
 
 
 def prepare_caption(caption: str, rng: random.Random, shuffle: bool = False, keep_tokens: int = 0,
-                    dropout_rate: float = 0.0) -> str:
-    """The caption a step trains on: maybe dropped, maybe with its tags shuffled.
+                    dropout_rate: float = 0.0, tag_dropout_rate: float = 0.0) -> str:
+    """The caption a step trains on: maybe dropped, maybe with its tags shuffled, some left out.
 
-    The first `keep_tokens` comma-separated tags (usually the trigger word) never move,
-    as in sd-scripts.
+    The first `keep_tokens` comma-separated tags (usually the trigger word) never move and are
+    never left out, as in sd-scripts (which shuffles first, then drops tags).
     """
     if dropout_rate > 0 and rng.random() < dropout_rate:
         return ""
-    if not shuffle:
+    if not shuffle and not tag_dropout_rate:
         return caption
     tags = split_tags(caption)
     kept, rest = tags[:keep_tokens], tags[keep_tokens:]
-    rng.shuffle(rest)
+    if shuffle:
+        rng.shuffle(rest)
+    if tag_dropout_rate:
+        rest = [tag for tag in rest if rng.random() >= tag_dropout_rate]
     return ", ".join(kept + rest)
 
 

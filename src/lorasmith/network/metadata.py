@@ -98,6 +98,7 @@ def build_metadata(
         "ss_min_snr_gamma": _off_is_none(config.min_snr_gamma),
         "ss_prior_loss_weight": config.prior_loss_weight,
         "ss_caption_dropout_rate": config.caption_dropout_rate,
+        "ss_caption_tag_dropout_rate": config.caption_tag_dropout_rate,
         "ss_training_comment": config.training_comment,
         "ss_batch_size_per_device": config.train_batch_size,
         "ss_total_batch_size": config.train_batch_size * config.gradient_accumulation_steps,

@@ -27,6 +27,7 @@ class CaptionRules:
     shuffle: bool = False
     keep_tokens: int = 0
     dropout_rate: float = 0.0
+    tag_dropout_rate: float = 0.0
 
 
 def collate(samples: list[Sample], bucket: tuple[int, int], rng: random.Random, rules: CaptionRules,
@@ -37,8 +38,8 @@ def collate(samples: list[Sample], bucket: tuple[int, int], rng: random.Random, 
     `flip` (flip_aug): each sample is mirrored with probability 1/2, drawn from `rng` after the
     captions, so that runs without it draw exactly as before.
     """
-    captions = [prepare_caption(s.item.caption, rng, rules.shuffle, rules.keep_tokens, rules.dropout_rate)
-                for s in samples]
+    captions = [prepare_caption(s.item.caption, rng, rules.shuffle, rules.keep_tokens, rules.dropout_rate,
+                                rules.tag_dropout_rate) for s in samples]
     mirrored = [flip and rng.random() < 0.5 for _ in samples]
     if cache is not None:
         entries = [cache[s.item.path] for s in samples]

@@ -130,8 +130,7 @@ class Trainer:
     def _cache_text_outputs(self) -> dict | None:
         """Encode each caption once when the text encoders are frozen and captions never change."""
         config = self.config
-        if not (config.cache_text_encoder_outputs and not self.train_text_encoder
-                and not config.shuffle_caption and config.caption_dropout_rate == 0):
+        if not (config.cache_text_encoder_outputs and not self.train_text_encoder and not config.captions_vary):
             return None
         captions = sorted({sample.item.caption for sample in self.data.samples})
         cache = {}
@@ -177,7 +176,8 @@ class Trainer:
     def train(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         step, losses = self.position.step, deque(maxlen=50)
-        rules = CaptionRules(config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate)
+        rules = CaptionRules(config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate,
+                             config.caption_tag_dropout_rate)
         self.events(Message(f"training {self.total_steps} steps over {self.epochs} epochs"))
         try:
             for epoch in range(self.position.epoch, self.epochs):

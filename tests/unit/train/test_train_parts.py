@@ -110,6 +110,20 @@ def test_caption_shuffle_keeps_the_first_tokens_and_dropout_empties():
     assert tag_frequency({"10_a": [caption, "mychar, smile"]})["10_a"]["smile"] == 2
 
 
+def test_caption_tag_dropout_leaves_out_tags_but_never_the_kept_ones():
+    from lorasmith.config.schema import TrainConfig
+
+    caption = "mychar, 1girl, red hair, smile, outdoors, hat"
+    assert prepare_caption(caption, random.Random(0), keep_tokens=1, tag_dropout_rate=1.0) == "mychar"
+    rng = random.Random(0)
+    lengths = [len(prepare_caption(caption, rng, keep_tokens=1, tag_dropout_rate=0.5).split(", ")) for _ in range(200)]
+    assert 3.0 < sum(lengths) / len(lengths) < 4.0  # 1 kept + about half of the other 5
+    for _ in range(20):
+        tags = prepare_caption(caption, rng, shuffle=True, keep_tokens=2, tag_dropout_rate=0.3).split(", ")
+        assert tags[:2] == ["mychar", "1girl"] and set(tags) <= set(caption.split(", "))
+    assert not TrainConfig().captions_vary and TrainConfig(caption_tag_dropout_rate=0.1).captions_vary
+
+
 def test_disk_latent_cache_is_reused_until_the_image_changes(tmp_path):
     from tests.conftest import write_image
     from lorasmith.dataset import latent_cache
