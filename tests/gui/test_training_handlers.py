@@ -80,12 +80,15 @@ def test_start_refuses_bad_input_without_starting(tmp_path):
     assert runner.snapshot().status == "idle"
 
 
-def test_run_panel_texts():
+def test_run_panel_texts(tmp_path):
+    kept, removed = tmp_path / "mychar-000002.safetensors", tmp_path / "mychar-000001.safetensors"
+    kept.write_bytes(b"lora")  # removed: deleted by save_last_n_epochs, so no longer listed
     state = RunState(status="running", detail="Training.", task="train", done=5, total=20,
-                     losses=[(5, 0.125)], files=[("lora", "/out/mychar-000001.safetensors")])
+                     losses=[(5, 0.125)], files=[("lora", str(removed)), ("lora", str(kept))])
     html = training.progress_html(state)
     assert 'value="5" max="20"' in html and "step 5 / 20, loss 0.1250" in html
-    assert "lora: `/out/mychar-000001.safetensors`" in training.files_markdown(state)
+    listed = training.files_markdown(state)
+    assert f"lora: `{kept}`" in listed and str(removed) not in listed
     assert list(training.loss_frame(state).itertuples(index=False, name=None)) == [(5, 0.125)]
     empty = training.loss_frame(RunState())
     assert [str(t) for t in empty.dtypes] == ["int64", "float64"]  # a number axis from the first poll on

@@ -249,3 +249,20 @@ def test_flip_aug_trains_on_mirror_images(tiny_train_config, tmp_path):
     b, metadata = load_lora_file(flipped.final_file)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # same seed, other latents for some samples
     assert (plain_meta["ss_flip_aug"], metadata["ss_flip_aug"]) == ("False", "True")
+
+
+def test_save_last_n_epochs_keeps_only_the_newest_epoch_files(tiny_train_config, tmp_path):
+    from lorasmith.events import Message
+    from lorasmith.train.run import read_record
+
+    events = []
+    result = api.train(tiny_train_config(max_train_epochs=4, save_last_n_epochs=2), events=events.append,
+                       base=tiny_base_model("sd1"))
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [
+        "mychar-000002.safetensors", "mychar-000003.safetensors", "mychar.safetensors"]
+    assert [p.rsplit("/", 1)[-1] for p in result.files] == [
+        "mychar-000002.safetensors", "mychar-000003.safetensors", "mychar.safetensors"]
+    assert [f["epoch"] for f in read_record(out).files] == [2, 3, 4]
+    assert any(isinstance(e, Message) and e.text == "removed mychar-000001.safetensors (save_last_n_epochs 2)"
+               for e in events)

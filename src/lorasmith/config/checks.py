@@ -15,7 +15,7 @@ from lorasmith.errors import ConfigError
 # key -> (lowest allowed, whether the lowest itself is allowed)
 _MINIMUMS = {
     "train_batch_size": (1, True), "max_train_epochs": (0, True), "max_train_steps": (0, True),
-    "save_every_n_epochs": (0, True), "learning_rate": (0, False), "unet_lr": (0, True),
+    "save_every_n_epochs": (0, True), "save_last_n_epochs": (0, True), "learning_rate": (0, False), "unet_lr": (0, True),
     "text_encoder_lr": (0, True), "lr_warmup_steps": (0, True), "lr_scheduler_num_cycles": (1, True),
     "network_dim": (1, True), "network_alpha": (0, False), "num_cpu_threads_per_process": (1, True),
     "max_data_loader_n_workers": (0, True), "conv_dim": (0, True), "conv_alpha": (0, True),

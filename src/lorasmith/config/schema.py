@@ -67,6 +67,9 @@ class TrainConfig:
         0, "Stop after this many steps; 0 means epochs decide.", "advanced")
     save_every_n_epochs: int = _field(
         1, "Save a LoRA every N epochs, so you can pick the best one later.", "basic")
+    save_last_n_epochs: int = _field(
+        0, "Keep only the last N of those epoch files (older ones are deleted as new ones come; the final "
+        "file always stays); 0 keeps them all.", "advanced")
     learning_rate: float = _field(
         1e-4, "How fast the LoRA learns. Too high burns it; AnyLoRA-style bases like 6e-5 to 8e-5.", "basic")
     unet_lr: Optional[float] = _field(

@@ -8,6 +8,7 @@ nothing here trains or reads datasets itself: it calls `lorasmith.api` and the c
 from __future__ import annotations
 
 import html
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -152,9 +153,11 @@ def progress_html(state: RunState) -> str:
 
 
 def files_markdown(state: RunState) -> str:
-    if not state.files:
+    # save_last_n_epochs deletes older epoch files as the run goes: list only what is still there.
+    present = [(kind, path) for kind, path in state.files if os.path.exists(path)]
+    if not present:
         return "No files written yet."
-    return "**Files written**\n\n" + "\n".join(f"- {kind}: `{path}`" for kind, path in state.files)
+    return "**Files written**\n\n" + "\n".join(f"- {kind}: `{path}`" for kind, path in present)
 
 
 def loss_frame(state: RunState):

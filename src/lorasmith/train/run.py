@@ -73,6 +73,9 @@ class RunRecord:
         self.files = [f for f in self.files if f["path"] != str(path)]
         self.files.append({"path": str(path), "epoch": epoch, "step": step, "kind": kind})
 
+    def remove_file(self, path: Path) -> None:
+        self.files = [f for f in self.files if f["path"] != str(path)]
+
     def write(self) -> None:
         path = record_path(Path(self.output_dir), self.output_name)
         write_text_atomically(path, json.dumps(self.__dict__, indent=2))

@@ -278,10 +278,25 @@ class Trainer:
         last = epoch == self.epochs
         if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last:
             self._save_lora(files.epoch_file(self.output_dir, config.output_name, epoch), epoch, step, "epoch")
+            self._keep_last_epoch_files()
             if config.save_state:
                 self._save_state(epoch)
         if config.sample_every_n_epochs and epoch % config.sample_every_n_epochs == 0:
             self._sample(epoch, step)
+
+    def _keep_last_epoch_files(self) -> None:
+        """save_last_n_epochs: delete this run's older epoch files (only files its record lists)."""
+        keep = self.config.save_last_n_epochs
+        if not keep or not self.accelerator.is_main_process:
+            return
+        epoch_files = [Path(f["path"]) for f in self.record.files if f["kind"] == "epoch"]
+        for path in epoch_files[:-keep]:
+            path.unlink(missing_ok=True)
+            self.record.remove_file(path)
+            if str(path) in self.result.files:
+                self.result.files.remove(str(path))
+            self.events(Message(f"removed {path.name} (save_last_n_epochs {keep})"))
+        self.record.write()
 
     def _save_partial(self, step: int) -> None:
         path = files.step_file(self.output_dir, self.config.output_name, step)
