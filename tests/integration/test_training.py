@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -266,3 +267,15 @@ def test_save_last_n_epochs_keeps_only_the_newest_epoch_files(tiny_train_config,
     assert [f["epoch"] for f in read_record(out).files] == [2, 3, 4]
     assert any(isinstance(e, Message) and e.text == "removed mychar-000001.safetensors (save_last_n_epochs 2)"
                for e in events)
+
+
+def test_noise_and_loss_options_of_sd_scripts_train_and_are_recorded(tiny_train_config):
+    config = tiny_train_config(max_train_epochs=1, multires_noise_iterations=6, multires_noise_discount=0.3,
+                               debiased_estimation_loss=True, min_timestep=100, max_timestep=900)
+    result = api.train(config, base=tiny_base_model("sd1"))
+    plain = api.train(tiny_train_config(max_train_epochs=1, output_dir=str(config.output_dir) + "-plain"),
+                      base=tiny_base_model("sd1"))
+    assert all(math.isfinite(loss) for loss in result.losses) and result.losses != plain.losses
+    _, metadata = load_lora_file(result.final_file)
+    assert (metadata["ss_multires_noise_iterations"], metadata["ss_multires_noise_discount"]) == ("6", "0.3")
+    assert metadata["ss_debiased_estimation"] == "True"

@@ -22,7 +22,8 @@ _MINIMUMS = {
     "gradient_accumulation_steps": (1, True), "max_grad_norm": (0, True), "keep_tokens": (0, True),
     "clip_skip": (1, True), "min_bucket_reso": (64, True), "max_bucket_reso": (64, True),
     "bucket_reso_steps": (8, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
-    "prior_loss_weight": (0, True), "sample_every_n_epochs": (0, True), "sample_every_n_steps": (0, True),
+    "prior_loss_weight": (0, True), "multires_noise_iterations": (0, True), "multires_noise_discount": (0, True),
+    "min_timestep": (0, True), "sample_every_n_epochs": (0, True), "sample_every_n_steps": (0, True),
 }
 _FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
               "validation_split": 0.5}
@@ -40,6 +41,9 @@ def _check_ranges(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not 0 <= value <= high:
             raise ConfigError(f"{key} must be between 0 and {high:g}, got {value:g}")
+    if not config.min_timestep < config.max_timestep <= 1000:
+        raise ConfigError(f"timesteps run from 0 to 1000: min_timestep must be below max_timestep and max_timestep "
+                          f"at most 1000, got {config.min_timestep} and {config.max_timestep}")
     if config.max_token_length not in (75, 150, 225):
         raise ConfigError(f"max_token_length must be 75, 150 or 225, got {config.max_token_length}")
     if config.lr_warmup_steps >= 1 and not float(config.lr_warmup_steps).is_integer():
@@ -104,6 +108,8 @@ def advisory_warnings(config: TrainConfig) -> list[str]:
         warnings.append("cache_text_encoder_outputs needs network_train_unet_only and fixed captions; it is ignored")
     if config.conv_alpha > config.conv_dim > 0:
         warnings.append("conv_alpha is above conv_dim")
+    if config.min_snr_gamma and config.debiased_estimation_loss:
+        warnings.append("min_snr_gamma and debiased_estimation_loss both weight the loss by timestep; usually one is used")
     return warnings
 
 

@@ -139,6 +139,18 @@ class TrainConfig:
     bucket_no_upscale: bool = _field(False, "Never upscale small images to fill a bucket.", "advanced")
     noise_offset: float = _field(0.0, "Offset noise (about 0.05-0.1) for darker darks and brighter brights.", "advanced")
     min_snr_gamma: float = _field(0.0, "Min-SNR loss weighting gamma (5 is usual); 0 turns it off.", "advanced")
+    debiased_estimation_loss: bool = _field(
+        False, "Weight the loss by 1/sqrt(SNR) (debiased estimation), another answer to Min-SNR's problem.",
+        "advanced")
+    multires_noise_iterations: int = _field(
+        0, "Multi-resolution (pyramid) noise: adds coarser noise at N scales (6-10 is usual); 0 turns it off.",
+        "advanced")
+    multires_noise_discount: float = _field(
+        0.3, "Weight of each coarser scale of multi-resolution noise (0.1-0.3 is usual).", "advanced")
+    min_timestep: int = _field(0, "Lowest timestep trained (0-999); raise it to train only the coarse steps.",
+                               "advanced")
+    max_timestep: int = _field(1000, "Timesteps below this are trained (1-1000); lower it to train only the "
+                               "fine steps.", "advanced")
     prior_loss_weight: float = _field(1.0, "Weight of the regularisation images' loss.", "advanced")
     sdpa: bool = _field(True, "Use PyTorch's scaled-dot-product attention (fast, memory-efficient).", "advanced")
     save_state: bool = _field(False, "Also save the full training state at each save point, to resume later.", "advanced")

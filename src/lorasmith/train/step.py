@@ -1,8 +1,9 @@
 """One denoising step: noise the latents, predict, compare. Pure functions, no state.
 
 The target is the noise (epsilon models) or the velocity (v-prediction, SD2.x 768-v). The
-per-sample loss can be weighted by Min-SNR-gamma and by `prior_loss_weight` for
-regularisation images; offset noise adds a per-channel constant to the noise.
+per-sample loss can be weighted by Min-SNR-gamma or debiased estimation and by
+`prior_loss_weight` for regularisation images; offset noise adds a per-channel constant to the
+noise, multi-resolution (pyramid) noise adds coarser noise, and timesteps can be limited to a range.
 """
 
 from __future__ import annotations
@@ -21,15 +22,48 @@ class NoiseDraw:
     timesteps: torch.Tensor
 
 
+@dataclass(frozen=True)
+class NoiseRecipe:
+    """How training noise and timesteps are drawn; the fields are sd-scripts' options of the same names."""
+
+    noise_offset: float = 0.0
+    multires_noise_iterations: int = 0
+    multires_noise_discount: float = 0.3
+    min_timestep: int = 0
+    max_timestep: int | None = None  # None: the scheduler's num_train_timesteps
+
+    @classmethod
+    def from_config(cls, config) -> "NoiseRecipe":
+        return cls(config.noise_offset, config.multires_noise_iterations, config.multires_noise_discount,
+                   config.min_timestep, config.max_timestep)
+
+
 def draw_noise(latents: torch.Tensor, num_train_timesteps: int, generator: torch.Generator,
-               noise_offset: float = 0.0) -> NoiseDraw:
+               recipe: NoiseRecipe = NoiseRecipe()) -> NoiseDraw:
     """Noise and timesteps for a batch, from `generator` so that a step can be replayed exactly."""
     batch, channels = latents.shape[:2]
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn((batch, channels, 1, 1), generator=generator)
-    timesteps = torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    if recipe.noise_offset:
+        noise = noise + recipe.noise_offset * torch.randn((batch, channels, 1, 1), generator=generator)
+    if recipe.multires_noise_iterations:
+        noise = pyramid_noise(noise, generator, recipe.multires_noise_iterations, recipe.multires_noise_discount)
+    high = min(recipe.max_timestep or num_train_timesteps, num_train_timesteps)
+    timesteps = torch.randint(recipe.min_timestep, high, (batch,), generator=generator)
     return NoiseDraw(noise.to(latents.device, latents.dtype), timesteps.to(latents.device))
+
+
+def pyramid_noise(noise: torch.Tensor, generator: torch.Generator, iterations: int, discount: float) -> torch.Tensor:
+    """Multi-resolution noise (sd-scripts' pyramid_noise_like): noise drawn at ever coarser scales,
+    upsampled and added with weight discount**i, then brought back to unit variance."""
+    batch, channels, height, width = noise.shape
+    for i in range(iterations):
+        ratio = float(torch.rand((), generator=generator)) * 2 + 2  # a random scale step in [2, 4)
+        small_h, small_w = max(1, int(height / ratio**i)), max(1, int(width / ratio**i))
+        coarse = torch.randn((batch, channels, small_h, small_w), generator=generator)
+        noise = noise + F.interpolate(coarse, size=(height, width), mode="bilinear") * discount**i
+        if small_h == 1 or small_w == 1:
+            break
+    return noise / noise.std()
 
 
 def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
@@ -44,6 +78,12 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_predicti
     return clipped / (ratio + 1.0) if v_prediction else clipped / ratio
 
 
+def debiased_weights(scheduler, timesteps: torch.Tensor, v_prediction: bool) -> torch.Tensor:
+    """Debiased estimation (Yu et al. 2024, as sd-scripts): 1 / sqrt(SNR), SNR capped at 1000; SNR + 1 for v."""
+    ratio = torch.clamp(snr(scheduler, timesteps), max=1000.0)
+    return 1.0 / torch.sqrt(ratio + 1.0 if v_prediction else ratio)
+
+
 def predict_noise(base: BaseModel, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                   pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
     extra = {}
@@ -54,7 +94,8 @@ def predict_noise(base: BaseModel, noisy: torch.Tensor, timesteps: torch.Tensor,
 
 def denoising_loss(base: BaseModel, latents: torch.Tensor, context: torch.Tensor, draw: NoiseDraw,
                    pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
-                   sample_weights: torch.Tensor | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+                   sample_weights: torch.Tensor | None = None, min_snr_gamma: float = 0.0,
+                   debiased_estimation: bool = False) -> torch.Tensor:
     """Mean loss of a batch, and per-sample weighting; the trainer and `evaluate` both use it."""
     scheduler = base.noise_scheduler
     noisy = scheduler.add_noise(latents, draw.noise, draw.timesteps)
@@ -66,6 +107,8 @@ def denoising_loss(base: BaseModel, latents: torch.Tensor, context: torch.Tensor
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
         per_sample = per_sample * min_snr_weights(scheduler, draw.timesteps, min_snr_gamma, base.v_prediction)
+    if debiased_estimation:
+        per_sample = per_sample * debiased_weights(scheduler, draw.timesteps, base.v_prediction)
     if sample_weights is not None:
         per_sample = per_sample * sample_weights.to(per_sample.device)
     return per_sample.mean()

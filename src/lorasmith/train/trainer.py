@@ -33,7 +33,7 @@ from lorasmith.train.setup import (
     TrainingData, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training, weight_dtype,
 )
 from lorasmith.train.state import Position, load_state, save_state
-from lorasmith.train.step import denoising_loss, draw_noise
+from lorasmith.train.step import NoiseRecipe, denoising_loss, draw_noise
 
 
 @dataclass
@@ -232,12 +232,12 @@ class Trainer:
         device = accelerator.device
         latents = tensors.latents.to(device, weight_dtype(config.mixed_precision, device))
         draw = draw_noise(latents, model.noise_scheduler.config.num_train_timesteps,
-                          torch.Generator().manual_seed(seed), config.noise_offset)
+                          torch.Generator().manual_seed(seed), NoiseRecipe.from_config(config))
         with accelerator.accumulate(*self.modules):
             with accelerator.autocast():
                 text = self._encode_captions(tensors.captions)
                 loss = denoising_loss(model, latents, text.context, draw, text.pooled, tensors.time_ids,
-                                      tensors.weights, config.min_snr_gamma)
+                                      tensors.weights, config.min_snr_gamma, config.debiased_estimation_loss)
             if not torch.isfinite(loss):
                 raise TrainingError(self._nan_message(step + 1))
             accelerator.backward(loss)

@@ -10,7 +10,7 @@ import torch
 from lorasmith.dataset.captions import prepare_caption, tag_frequency
 from lorasmith.errors import ConfigError, TrainingError
 from lorasmith.train.optim import build_optimizer, build_scheduler, parse_optimizer_args, warmup_step_count
-from lorasmith.train.step import draw_noise, min_snr_weights
+from lorasmith.train.step import NoiseRecipe, draw_noise, min_snr_weights
 
 
 def params():
@@ -80,11 +80,47 @@ def test_noise_is_replayable_and_offset_noise_shifts_channels():
     a = draw_noise(latents, 1000, torch.Generator().manual_seed(3))
     b = draw_noise(latents, 1000, torch.Generator().manual_seed(3))
     assert torch.equal(a.noise, b.noise) and torch.equal(a.timesteps, b.timesteps)
-    plain = draw_noise(latents, 1000, torch.Generator().manual_seed(3), noise_offset=0.0).noise
-    offset = draw_noise(latents, 1000, torch.Generator().manual_seed(3), noise_offset=0.5).noise
+    plain = draw_noise(latents, 1000, torch.Generator().manual_seed(3), NoiseRecipe(noise_offset=0.0)).noise
+    offset = draw_noise(latents, 1000, torch.Generator().manual_seed(3), NoiseRecipe(noise_offset=0.5)).noise
     shift = (offset - plain).reshape(2, 4, -1)
     assert torch.allclose(shift, shift[..., :1].expand_as(shift))  # one constant per channel
     assert shift.abs().max() > 0
+
+
+def test_pyramid_noise_adds_coarse_noise_and_timesteps_keep_to_their_range():
+    latents = torch.zeros(8, 4, 32, 32)
+    plain = draw_noise(latents, 1000, torch.Generator().manual_seed(3)).noise
+    recipe = NoiseRecipe(multires_noise_iterations=6, multires_noise_discount=0.3)
+    pyramid = draw_noise(latents, 1000, torch.Generator().manual_seed(3), recipe)
+    again = draw_noise(latents, 1000, torch.Generator().manual_seed(3), recipe)
+    assert torch.equal(pyramid.noise, again.noise)  # replayable
+    assert pyramid.noise.std().item() == pytest.approx(1.0, abs=1e-4)
+
+    def neighbour_correlation(noise):  # coarse noise makes neighbouring pixels alike
+        return torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1].item()
+
+    strong = draw_noise(latents, 1000, torch.Generator().manual_seed(3),
+                        NoiseRecipe(multires_noise_iterations=6, multires_noise_discount=0.8)).noise
+    assert abs(neighbour_correlation(plain)) < 0.01 < neighbour_correlation(pyramid.noise)
+    assert neighbour_correlation(strong) > 0.2  # a higher discount weighs the coarse scales more
+    limited = draw_noise(torch.zeros(256, 4, 2, 2), 1000, torch.Generator().manual_seed(1),
+                         NoiseRecipe(min_timestep=200, max_timestep=400)).timesteps
+    assert 200 <= limited.min() and limited.max() < 400
+
+
+def test_debiased_estimation_weights_fall_with_snr():
+    from diffusers import DDPMScheduler
+
+    from lorasmith.models.tiny import noise_scheduler_config
+    from lorasmith.train.step import debiased_weights, snr
+
+    scheduler = DDPMScheduler(**noise_scheduler_config(False))
+    timesteps = torch.tensor([0, 100, 500, 999])
+    weights = debiased_weights(scheduler, timesteps, v_prediction=False)
+    ratio = torch.clamp(snr(scheduler, timesteps), max=1000)
+    torch.testing.assert_close(weights, 1 / ratio.sqrt())
+    assert torch.all(weights[1:] > weights[:-1])  # noisier steps weigh more
+    assert torch.all(debiased_weights(scheduler, timesteps, v_prediction=True) < weights)
 
 
 def test_min_snr_weights_clip_high_snr_only():
