@@ -279,3 +279,19 @@ def test_noise_and_loss_options_of_sd_scripts_train_and_are_recorded(tiny_train_
     _, metadata = load_lora_file(result.final_file)
     assert (metadata["ss_multires_noise_iterations"], metadata["ss_multires_noise_discount"]) == ("6", "0.3")
     assert metadata["ss_debiased_estimation"] == "True"
+
+
+def test_scale_weight_norms_keeps_every_module_under_the_norm_and_rates_are_reported_by_part(tiny_train_config):
+    from lorasmith.network.apply import delta_shape, lora_delta
+    from lorasmith.network.kohya_tensors import group_lora_tensors
+
+    events = []
+    config = tiny_train_config(max_train_epochs=2, learning_rate=1e-2, text_encoder_lr=1e-3, scale_weight_norms=0.05)
+    result = api.train(config, events=events.append, base=tiny_base_model("sd1"))
+    last = [e for e in events if isinstance(e, Progress) and e.task == "train"][-1].metrics
+    assert last["lr"] == 1e-2  # the UNet's rate, not the text encoder's (its group comes first)
+    assert last["keys_scaled"] > 0 and last["avg_norm"] <= 0.05 + 1e-6
+    tensors, metadata = load_lora_file(result.final_file)
+    norms = [float(lora_delta(m, delta_shape(m)).norm()) for m in group_lora_tensors(tensors).values()]
+    assert max(norms) <= 0.05 * 1.01  # fp16 rounding of the saved file
+    assert metadata["ss_scale_weight_norms"] == "0.05"

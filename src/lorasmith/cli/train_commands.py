@@ -7,6 +7,9 @@ import threading
 
 from lorasmith.cli.config_commands import add_config_source, print_event, resolve_config
 
+# Shown after the bar (the loss of the step itself jumps about too much to read).
+_SHOWN_METRICS = ("avg_loss", "lr", "epoch", "keys_scaled", "avg_norm")
+
 
 class TerminalProgress:
     """Renders the library's events: a tqdm bar per task (loss, lr, it/s, ETA), lines for the rest.
@@ -43,7 +46,7 @@ class TerminalProgress:
         metrics = event.metrics
         if metrics:
             bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
-                             for k, v in metrics.items() if k in ("avg_loss", "lr", "epoch")}, refresh=False)
+                             for k, v in metrics.items() if k in _SHOWN_METRICS}, refresh=False)
         if event.done >= event.total:
             bar.close()
             del self.bars[event.task]

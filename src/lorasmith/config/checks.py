@@ -23,7 +23,7 @@ _MINIMUMS = {
     "clip_skip": (1, True), "min_bucket_reso": (64, True), "max_bucket_reso": (64, True),
     "bucket_reso_steps": (8, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
     "prior_loss_weight": (0, True), "multires_noise_iterations": (0, True), "multires_noise_discount": (0, True),
-    "min_timestep": (0, True), "sample_every_n_epochs": (0, True), "sample_every_n_steps": (0, True),
+    "min_timestep": (0, True), "scale_weight_norms": (0, True), "sample_every_n_epochs": (0, True), "sample_every_n_steps": (0, True),
 }
 _FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
               "validation_split": 0.5}

@@ -109,6 +109,9 @@ class TrainConfig:
     conv_dim: int = _field(0, "Rank of LoRA on 3x3 convolutions (LoCon); 0 leaves them out.", "advanced")
     conv_alpha: float = _field(0, "Alpha of the 3x3 convolution LoRA; 0 means the same as conv_dim.", "advanced")
     network_dropout: float = _field(0.0, "Dropout on the LoRA's down projection (0 to 1).", "advanced")
+    scale_weight_norms: float = _field(
+        0.0, "Keep each LoRA module's weight change at most this norm (1.0 is usual), against overfitting; "
+        "0 turns it off.", "advanced")
     flip_aug: bool = _field(
         False, "Also train on mirror images (each sample flipped at random): more variety from few images. "
         "Leave off for asymmetric characters (a scar or a parting on one side).", "advanced")

@@ -25,7 +25,7 @@ UNUSED_KEYS = frozenset({
     "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "loss_type", "huber_c", "huber_schedule",
     "sample_at_first", "dataset_config", "config_file", "in_json", "dataset_repeats",
     "noise_offset_random_strength", "lr_scheduler_power", "lr_scheduler_type",
-    "lr_scheduler_args", "scale_weight_norms", "base_weights", "base_weights_multiplier",
+    "lr_scheduler_args", "base_weights", "base_weights_multiplier",
     "no_metadata", "metadata_title", "metadata_author", "metadata_description", "metadata_license",
     "metadata_tags", "training_comment_extra", "ddp_timeout", "ddp_gradient_as_bucket_view",
     "ddp_static_graph", "deepspeed", "tokenizer_cache_dir", "console_log_level", "console_log_file",

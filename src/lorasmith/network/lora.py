@@ -129,6 +129,29 @@ class LoraNetwork:
                 groups.append({"params": params, "lr": lr, "name": name})
         return groups
 
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """scale_weight_norms (sd-scripts' max-norm regularisation): scale each module's down and up
+        alike so that the norm of the weight change it makes stays at most `max_norm`.
+
+        Returns (modules scaled, mean norm, largest norm) after scaling, for the progress line.
+        """
+        import torch
+
+        scaled, norms = 0, []
+        with torch.no_grad():
+            for module in self.modules:
+                up, down = module.up.flatten(1).float(), module.down.flatten(1).float()
+                # |up @ down|_F^2 = sum((up^T up) * (down down^T)): rank x rank products, no full delta
+                squared = ((up.T @ up) * (down @ down.T)).sum().clamp(min=0)
+                norm = float(squared.sqrt()) * module.alpha / module.down.shape[0]
+                if norm > max_norm:
+                    root = (max_norm / norm) ** 0.5
+                    module.down.mul_(root)
+                    module.up.mul_(root)
+                    scaled, norm = scaled + 1, max_norm
+                norms.append(norm)
+        return scaled, sum(norms) / len(norms), max(norms)
+
     def set_scale(self, multiplier: float) -> None:
         """Scale every LoRA's contribution (1 = as trained, 0 = the base model's output)."""
         self.multiplier = float(multiplier)

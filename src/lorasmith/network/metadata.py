@@ -85,6 +85,7 @@ def build_metadata(
         "ss_network_dim": config.network_dim,
         "ss_network_alpha": float(config.network_alpha),
         "ss_network_dropout": config.network_dropout,
+        "ss_scale_weight_norms": _off_is_none(config.scale_weight_norms),
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,
         "ss_v2": family.name == "sd2",

@@ -66,6 +66,7 @@ class Trainer:
         self.started_at = time.time()
         self.base_hashes = base_hashes  # the checkpoint's sha256, still being read: the first save waits for it
         self.early_latents = latents  # latents already being encoded while the model loaded
+        self.norms: tuple[int, float, float] | None = None  # the last scale_weight_norms outcome
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -246,6 +247,8 @@ class Trainer:
             self.optimizer.step()
             if accelerator.sync_gradients:
                 self.scheduler.step()
+                if config.scale_weight_norms:
+                    self.norms = self.network.apply_max_norm(config.scale_weight_norms)
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach().item()
 
@@ -260,12 +263,18 @@ class Trainer:
         return self.result.interrupted
 
     def _report(self, step: int, epoch: int, loss: float, average: float) -> None:
-        lrs = self.scheduler.get_last_lr()
-        metrics = {"loss": loss, "avg_loss": average, "lr": lrs[0], "epoch": epoch + 1}
+        # the groups are named (text encoder first, as in sd-scripts): log each rate under its part
+        rates = {group.get("name", "unet"): lr for group, lr in zip(self.optimizer.param_groups,
+                                                                    self.scheduler.get_last_lr())}
+        lr = rates.get("unet", next(iter(rates.values())))
+        metrics = {"loss": loss, "avg_loss": average, "lr": lr, "epoch": epoch + 1}
+        logs = {"loss/current": loss, "loss/average": average}
+        logs.update({f"lr/{'unet' if name == 'unet' else 'text_encoder'}": rate for name, rate in rates.items()})
+        if self.norms is not None:  # scale_weight_norms: sd-scripts shows these two beside the loss
+            keys_scaled, mean_norm, _ = self.norms
+            metrics.update(keys_scaled=keys_scaled, avg_norm=mean_norm)
+            logs.update({"norm/keys_scaled": keys_scaled, "norm/average": mean_norm})
         self.events(Progress("train", step, self.total_steps, metrics))
-        logs = {"loss/current": loss, "loss/average": average, "lr/unet": lrs[0]}
-        if len(lrs) > 1:
-            logs["lr/text_encoder"] = lrs[-1]
         self.accelerator.log(logs, step=step)
         every = self.config.sample_every_n_steps
         if every and step % every == 0:

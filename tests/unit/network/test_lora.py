@@ -136,3 +136,29 @@ def test_dropout_acts_on_the_down_output_only_in_training(tiny):
     assert (hidden == 0).float().mean() > 0.3  # dropped after lora_A, as sd-scripts' network_dropout
     network.remove()
     assert type(base.text_encoders[0].get_submodule(module.target.ref.path)).__name__ == "Linear"
+
+
+def test_max_norm_scales_only_the_modules_above_it_to_exactly_the_norm(tiny):
+    from lorasmith.network.apply import delta_shape, lora_delta
+    from lorasmith.network.kohya_tensors import LoraModuleTensors
+
+    network = create_lora_network(tiny("sd1"), LoraSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for index, module in enumerate(network.modules):
+            module.up.copy_(torch.randn(module.up.shape, generator=generator) * (0.02 if index % 2 else 2.0))
+
+    def norms():  # measured on the full weight change, the way merging computes it
+        return [float(lora_delta(t, delta_shape(t)).norm()) for t in
+                (LoraModuleTensors(m.down.detach(), m.up.detach(), m.alpha) for m in network.modules)]
+
+    before = norms()
+    above = sum(n > 1.0 for n in before)
+    assert 0 < above < len(before)
+    assert any(len(m.down.shape) == 4 and m.down.shape[-1] == 3 for m in network.modules)  # LoCon 3x3 too
+    scaled, mean, largest = network.apply_max_norm(1.0)
+    after = norms()
+    assert scaled == above and largest == pytest.approx(1.0)
+    for old, new in zip(before, after):
+        assert new == pytest.approx(min(old, 1.0), rel=1e-4)
+    assert mean == pytest.approx(sum(after) / len(after), rel=1e-4)
