@@ -81,6 +81,7 @@ class Trainer:
         if config.network_weights:
             self._start_from(config.network_weights)
         self.train_text_encoder = spec.train_text_encoder
+        self.noise_recipe = NoiseRecipe.from_config(config)
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
         optimizer = build_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
         self.total_steps = self._total_steps()
@@ -233,7 +234,7 @@ class Trainer:
         device = accelerator.device
         latents = tensors.latents.to(device, weight_dtype(config.mixed_precision, device))
         draw = draw_noise(latents, model.noise_scheduler.config.num_train_timesteps,
-                          torch.Generator().manual_seed(seed), NoiseRecipe.from_config(config))
+                          torch.Generator().manual_seed(seed), self.noise_recipe)
         with accelerator.accumulate(*self.modules):
             with accelerator.autocast():
                 text = self._encode_captions(tensors.captions)
