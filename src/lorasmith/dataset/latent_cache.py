@@ -76,10 +76,22 @@ def _write_disk_entry(image: Path, bucket: tuple[int, int], fingerprint: str, en
 
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor, scale: float) -> torch.Tensor:
-    """Pixels [B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8]."""
+    """Pixels [B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8].
+
+    A VAE held in fp16 (mixed precision on a GPU) encodes in fp32 when its config asks for it
+    (`force_upcast`, as diffusers' pipelines do when decoding): SDXL's VAE overflows in fp16 and
+    would give NaN latents. It is put back in fp16 afterwards.
+    """
     parameter = next(vae.parameters())
-    distribution = vae.encode(pixels.to(parameter.device, parameter.dtype)).latent_dist
-    return distribution.mode().float() * scale
+    upcast = parameter.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        distribution = vae.encode(pixels.to(parameter.device, next(vae.parameters()).dtype)).latent_dist
+        return distribution.mode().float() * scale
+    finally:
+        if upcast:
+            vae.to(torch.float16)
 
 
 def cache_latents(vae, bucket_of: dict[Path, tuple[int, int]], scale: float, to_disk: bool = False,

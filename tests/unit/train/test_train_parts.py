@@ -233,3 +233,26 @@ def test_flip_aug_caches_the_mirror_images_latents_and_collate_picks_half_at_ran
     uncached = collate(samples[:8], (64, 64), random.Random(4), rules, 1.0, None, vae, 0.18215, flip=True)
     for got, expected in zip(uncached.latents, cached.latents):
         torch.testing.assert_close(got, expected)  # encoding now mirrors the same samples
+
+
+def test_a_vae_held_in_fp16_encodes_in_fp32_when_its_config_says_so():
+    from lorasmith.dataset import latent_cache
+    from lorasmith.models.tiny import tiny_base_model
+
+    vae = tiny_base_model("sdxl").vae
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    reference = latent_cache.encode_latents(vae, pixels, 0.13025)
+    vae.to(torch.float16)  # as mixed precision loads it on a GPU
+    seen = []
+    hook = vae.encoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+    assert vae.config.force_upcast  # diffusers' default, and SDXL's VAE config
+    upcast = latent_cache.encode_latents(vae, pixels, 0.13025)
+    hook.remove()
+    assert seen == [torch.float32] and next(vae.parameters()).dtype == torch.float16  # back in fp16 after
+    torch.testing.assert_close(upcast, reference, atol=2e-2, rtol=0)  # only the fp16 rounding of the weights
+    vae.register_to_config(force_upcast=False)  # e.g. sdxl-vae-fp16-fix: its config says fp16 is safe
+    seen.clear()
+    hook = vae.encoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+    latent_cache.encode_latents(vae, pixels, 0.13025)
+    hook.remove()
+    assert seen == [torch.float16]
