@@ -248,8 +248,11 @@ def _inject(root: Any, targets: list[Target], spec: LoraSpec) -> list[LoraModule
         if ADAPTER not in getattr(layer, "lora_A", {}):
             raise RuntimeError(f"peft did not wrap {target.ref.path}")
         alpha = spec.effective_conv_alpha if target.uses_conv_rank else spec.effective_alpha
-        layer.lora_A[ADAPTER].weight.requires_grad_(True)
-        layer.lora_B[ADAPTER].weight.requires_grad_(True)
+        for part in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]):
+            # peft gives the LoRA the base layer's dtype; over an fp16/bf16 base (mixed precision)
+            # it is trained in fp32, as sd-scripts does (fp16 weights cannot take GradScaler's steps)
+            part.float()
+            part.weight.requires_grad_(True)
         modules.append(LoraModule(target=target, layer=layer, alpha=alpha))
     return modules
 

@@ -162,3 +162,20 @@ def test_max_norm_scales_only_the_modules_above_it_to_exactly_the_norm(tiny):
     for old, new in zip(before, after):
         assert new == pytest.approx(min(old, 1.0), rel=1e-4)
     assert mean == pytest.approx(sum(after) / len(after), rel=1e-4)
+
+
+def test_lora_weights_stay_fp32_over_a_half_precision_base_and_train_under_autocast(tiny):
+    base = tiny("sd1")
+    base.unet.to(torch.bfloat16)  # as mixed precision loads the frozen base on a GPU
+    for encoder in base.text_encoders:
+        encoder.to(torch.bfloat16)
+    network = create_lora_network(base, LoraSpec(rank=4, alpha=2, conv_rank=2))
+    assert {p.dtype for p in network.trainable_parameters()} == {torch.float32}
+    randomize_up(network)
+    inputs = model_inputs(base)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = base.unet(inputs["sample"], 10, inputs["hidden"]).sample
+    output.float().square().mean().backward()
+    grads = [p.grad for m in network.modules if m.key.startswith("lora_unet_") for p in (m.down, m.up)]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
