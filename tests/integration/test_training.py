@@ -295,3 +295,33 @@ def test_scale_weight_norms_keeps_every_module_under_the_norm_and_rates_are_repo
     norms = [float(lora_delta(m, delta_shape(m)).norm()) for m in group_lora_tensors(tensors).values()]
     assert max(norms) <= 0.05 * 1.01  # fp16 rounding of the saved file
     assert metadata["ss_scale_weight_norms"] == "0.05"
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_path_trains_with_a_half_precision_base(tiny_train_config, tmp_path, monkeypatch, precision):
+    # What a GPU run does, played on the CPU: the frozen base held in fp16/bf16, autocast, a
+    # gradient scaler for fp16, fp32 LoRA weights; samples drawn from the half-precision model.
+    import lorasmith.train.setup as setup
+    import lorasmith.train.trainer as trainer
+    from lorasmith.models.single_file import save_single_file
+
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+    def held_in_half(mixed_precision, device):
+        return torch.float32 if mixed_precision == "no" else half
+
+    monkeypatch.setattr(setup, "weight_dtype", held_in_half)
+    monkeypatch.setattr(trainer, "weight_dtype", held_in_half)
+    checkpoint = save_single_file(tiny_base_model("sd1"), tmp_path / "base.safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("mychar, smile --w 64 --h 64 --s 2 --d 1\n")
+    config = tiny_train_config(max_train_epochs=2, learning_rate=1e-2, mixed_precision=precision,
+                               pretrained_model_name_or_path=str(checkpoint), gradient_checkpointing=True,
+                               sample_prompts=str(prompts), sample_every_n_epochs=2)
+    result = api.train(config)
+    assert len(result.losses) == 8 and all(math.isfinite(loss) for loss in result.losses)
+    tensors, metadata = load_lora_file(result.final_file)
+    ups = [t for k, t in tensors.items() if k.endswith("lora_up.weight")]
+    assert all(torch.isfinite(t).all() for t in ups) and sum(float(t.abs().sum()) for t in ups) > 0
+    assert metadata["ss_mixed_precision"] == precision
+    assert len(list((tmp_path / "out" / "sample").glob("*.png"))) == 1

@@ -232,12 +232,11 @@ def _autocast(base: BaseModel, precision: str) -> Any:
     import torch
 
     device = next(base.unet.parameters()).device
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    if device.type != "cuda":
-        return contextlib.nullcontext()  # float32 on CPU: half precision there is slow and lossy
+    # float32 on the CPU unless the model is held in half precision: there it is slow and lossy
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if device.type == "cuda" else None
     unet_dtype = next(base.unet.parameters()).dtype
     dtype = dtype or (unet_dtype if unet_dtype != torch.float32 else None)
-    return torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -79,6 +79,17 @@ class LatentsWhileLoading:
                                         name="latents")
 
 
+def allow_new_mixed_precision(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with
+    another mixed_precision; a new run in the same process (a notebook, the tests) drops the old
+    run's setting. The process group (PartialState) of an `accelerate launch` is left alone."""
+    from accelerate.state import AcceleratorState
+
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def cpu_only() -> bool:
     """No accelerator here: tell accelerate so that several processes use gloo on the CPU."""
     mps = getattr(torch.backends, "mps", None)

@@ -30,7 +30,8 @@ from lorasmith.train import run as files
 from lorasmith.train.batches import CaptionRules, collate
 from lorasmith.train.optim import build_optimizer, build_scheduler
 from lorasmith.train.setup import (
-    TrainingData, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training, weight_dtype,
+    TrainingData, allow_new_mixed_precision, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training,
+    weight_dtype,
 )
 from lorasmith.train.state import Position, load_state, save_state
 from lorasmith.train.step import NoiseRecipe, denoising_loss, draw_noise
@@ -55,6 +56,7 @@ class Trainer:
 
         self.config, self.data, self.events, self.stop = config, data, events, stop
         self.output_dir = Path(config.output_dir).expanduser()
+        allow_new_mixed_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             cpu=cpu_only(), mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with="tensorboard", project_dir=config.effective_logging_dir,
