@@ -3,6 +3,8 @@
     python bench/train_speed.py                 # tiny demo model and real SD1.5 architecture, 64 and 128 px
     python bench/train_speed.py --model tiny    # only the tiny model (seconds)
     python bench/train_speed.py --model sd15 --resolution 128 --steps 12
+    python bench/train_speed.py --model sd15 --resolution 512 --mixed_precision fp16 --batch_size 1 4   # on a GPU
+    python bench/train_speed.py --model sd15 --resolution 512 --preset 8gb                              # on a GPU
 
 Workload: an 8-image character set in kohya layout (`10_mychar`), batch 1, rank 32 / alpha 16,
 UNet + text encoder, fp32, AdamW, constant LR, 2 CPU threads. The real SD1.5 architecture is
@@ -10,7 +12,9 @@ built once with random weights and saved as an fp16 single-file checkpoint, as u
 
 Each run is a fresh process (`python -m lorasmith train ...`-equivalent through the library):
 start-up = launch to the end of optimizer step 1; steady s/step = median gap between steps
-after the first; peak RSS = the child's maximum resident set size.
+after the first; peak RSS = the child's maximum resident set size; on a GPU also peak VRAM
+(torch.cuda.max_memory_allocated). `--preset` starts from a VRAM preset (its optimizer, precision,
+checkpointing), the other options still apply over it.
 """
 
 from __future__ import annotations
@@ -35,9 +39,15 @@ stamps = []
 def sink(event):
     if isinstance(event, Progress) and event.task == "train":
         stamps.append(time.time())
+preset = values.pop("preset", None)
+if preset:
+    from lorasmith.config.presets import load_preset
+    values = {**{k: v for k, v in load_preset(preset).__dict__.items()}, **values}
 result = api.train(with_values(TrainConfig(), values), events=sink)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("BENCH" + json.dumps({"stamps": stamps, "file": result.final_file, "peak_kib": peak}))
+import torch
+vram = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+print("BENCH" + json.dumps({"stamps": stamps, "file": result.final_file, "peak_kib": peak, "vram": vram}))
 """
 
 
@@ -98,14 +108,21 @@ def real_sd15_random():
     )
 
 
-def run_once(model: Path, data: Path, out: Path, resolution: int, steps: int, threads: int) -> dict:
+def run_once(model: Path, data: Path, out: Path, resolution: int, steps: int, threads: int,
+             batch_size: int = 1, mixed_precision: str | None = None, preset: str | None = None) -> dict:
     values = {
         "pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(out),
         "output_name": "bench", "resolution": f"{resolution},{resolution}", "min_bucket_reso": 64,
-        "train_batch_size": 1, "max_train_epochs": 0, "max_train_steps": steps, "network_dim": 32,
+        "train_batch_size": batch_size, "max_train_epochs": 0, "max_train_steps": steps, "network_dim": 32,
         "network_alpha": 16, "mixed_precision": "no", "optimizer_type": "AdamW", "lr_scheduler": "constant",
         "num_cpu_threads_per_process": threads, "overwrite": True, "save_every_n_epochs": 0,
     }
+    if preset:  # the preset's optimizer, precision and checkpointing; size, steps and folders stay ours
+        for key in ("mixed_precision", "optimizer_type", "lr_scheduler", "num_cpu_threads_per_process"):
+            values.pop(key)
+        values["preset"] = preset
+    if mixed_precision:
+        values["mixed_precision"] = mixed_precision
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     started = time.time()
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(values)], capture_output=True, text=True, env=env)
@@ -120,6 +137,7 @@ def run_once(model: Path, data: Path, out: Path, resolution: int, steps: int, th
         "s_per_step": statistics.median(gaps) if gaps else float("nan"),
         "range": (min(gaps), max(gaps)) if gaps else (0, 0),
         "peak_rss_mib": report["peak_kib"] / 1024,
+        "peak_vram_mib": report["vram"] / 2**20,
         "lora_bytes": Path(report["file"]).stat().st_size,
     }
 
@@ -131,19 +149,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "lorasmith-bench"))
+    parser.add_argument("--batch_size", type=int, nargs="*", default=[1])
+    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    parser.add_argument("--preset", choices=("8gb", "12gb"), default=None)
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = make_dataset(work / "data")
     kinds = ["tiny", "sd15"] if args.model == "all" else [args.model]
-    print(f"{'model':6} {'px':>4} {'start-up s':>10} {'s/step':>8} {'(min-max)':>13} {'peak RSS MiB':>12} {'LoRA bytes':>12}")
+    print(f"{'model':6} {'px':>4} {'batch':>5} {'start-up s':>10} {'s/step':>8} {'(min-max)':>13} {'it/s':>6} "
+          f"{'peak RSS MiB':>12} {'peak VRAM MiB':>13} {'LoRA bytes':>12}")
     for kind in kinds:
         model = make_model(kind, work)
         for resolution in args.resolution:
-            r = run_once(model, data, work / f"out-{kind}-{resolution}", resolution, args.steps, args.threads)
-            low, high = r["range"]
-            print(f"{kind:6} {resolution:>4} {r['startup_s']:>10.1f} {r['s_per_step']:>8.2f} "
-                  f"{f'({low:.2f}-{high:.2f})':>13} {r['peak_rss_mib']:>12.0f} {r['lora_bytes']:>12,}", flush=True)
+            for batch in args.batch_size:
+                r = run_once(model, data, work / f"out-{kind}-{resolution}-{batch}", resolution, args.steps,
+                             args.threads, batch, args.mixed_precision, args.preset)
+                low, high = r["range"]
+                print(f"{kind:6} {resolution:>4} {batch:>5} {r['startup_s']:>10.1f} {r['s_per_step']:>8.2f} "
+                      f"{f'({low:.2f}-{high:.2f})':>13} {1 / r['s_per_step']:>6.2f} {r['peak_rss_mib']:>12.0f} "
+                      f"{r['peak_vram_mib']:>13.0f} {r['lora_bytes']:>12,}", flush=True)
 
 
 if __name__ == "__main__":
