@@ -37,6 +37,8 @@ def test_preset_rank_and_save_write_the_file(page, gui_dirs):
     page.locator("#preset input").click()
     page.get_by_role("option", name=re.compile("Medium VRAM")).click()
     expect(page.locator("#config-status")).to_contain_text("Preset applied: Medium VRAM")
+    # no image folder yet: the plan says what to set, '<repeats>_<name>' not eaten as HTML tags
+    expect(page.locator("#step-plan")).to_contain_text("the folder holding '<repeats>_<name>' folders")
     _open_section(page, "Parameters")
     expect(_field(page, "optimizer_type")).to_have_value("AdamW8bit")
     _type(page, "network_dim", "48")

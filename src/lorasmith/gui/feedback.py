@@ -6,6 +6,7 @@ else is a bug in lorasmith and keeps its traceback (Gradio shows "Error", the te
 
 from __future__ import annotations
 
+import html
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,12 @@ ERROR_MARK = "⚠️ "
 
 
 def error_line(error: Exception | str) -> str:
-    """A user's mistake as one readable line (never a traceback)."""
-    return f"{ERROR_MARK}{error}"
+    """A user's mistake as one readable line (never a traceback).
+
+    Escaped for HTML: Markdown and Gradio's toasts would take '<repeats>_<name>' in a message for
+    tags and drop it, cutting the line where the user needs it most.
+    """
+    return f"{ERROR_MARK}{html.escape(str(error), quote=False)}"
 
 
 def is_error(status: str) -> bool:

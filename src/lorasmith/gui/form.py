@@ -34,6 +34,15 @@ _LABELS = {
     "network_alpha": "Network Alpha",
     "num_cpu_threads_per_process": "Number of CPU threads per core",
     "sdpa": "SDPA attention",
+    # kohya_ss GUI's names where the key alone reads badly
+    "vae": "VAE (optional)",
+    "flip_aug": "Flip augmentation",
+    "network_weights": "LoRA network weights (continue training)",
+    "save_last_n_epochs": "Save last N epochs",
+    "min_snr_gamma": "Min SNR gamma",
+    "multires_noise_iterations": "Multires noise iterations",
+    "multires_noise_discount": "Multires noise discount",
+    "debiased_estimation_loss": "Debiased estimation loss",
 }
 
 # Fields that hold a path, and whether it names a file or a folder (the path chooser uses it).
