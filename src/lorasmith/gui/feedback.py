@@ -73,7 +73,7 @@ def run_tool(name: str, *args, progress: Callable | None = None, **kwargs) -> To
         result = function(*args, **kwargs)
     except LorasmithError as error:
         return ToolOutcome(None, toast_if_error(error_line(error)))
-    return ToolOutcome(result, "  \n".join(messages[-12:]) or "Done.")
+    return ToolOutcome(result, "  \n".join(html.escape(m, quote=False) for m in messages[-12:]) or "Done.")
 
 
 def text_block(lines: list[str]) -> str:
