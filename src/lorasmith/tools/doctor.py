@@ -167,6 +167,15 @@ def check_shape(facts: ImageFacts, bucket: tuple[int, int]) -> list[Finding]:
     return found
 
 
+def check_orientation(facts: ImageFacts) -> list[Finding]:
+    """Photos from phones are often stored sideways with an EXIF note to turn them; training (like
+    sd-scripts) reads the pixels as stored, so the picture is learnt sideways."""
+    if facts.orientation in (0, 1):
+        return []
+    return [Finding("warning", "rotated", f"{facts.path} is stored turned or mirrored and shown upright only by its "
+                    f"EXIF orientation ({facts.orientation}); training sees it as stored: save it upright", facts.path)]
+
+
 def check_duplicates(facts: list[ImageFacts], max_distance: int) -> list[Finding]:
     found = []
     for paths in exact_duplicates(facts):
@@ -247,7 +256,7 @@ def doctor_dataset(
                                            "replace or remove it", entry.path))
         else:
             report.buckets[entry.path] = assign_bucket(fact.size, buckets, step=bucket_reso_steps)
-            report.findings += check_shape(fact, report.buckets[entry.path])
+            report.findings += check_shape(fact, report.buckets[entry.path]) + check_orientation(fact)
         text = read_text(caption_path(entry.path, extension))
         caption = check_caption(entry, extension, text)
         if caption:

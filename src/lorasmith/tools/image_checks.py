@@ -21,6 +21,10 @@ class ImageFacts:
     reason: str = ""  # Pillow's words
     sha256: str = ""
     phash: int | None = None  # 64-bit perceptual hash as an int
+    orientation: int = 1  # EXIF orientation: 1 upright; 3, 6, 8 (and mirrored 2, 4, 5, 7) shown turned
+
+
+_EXIF_ORIENTATION = 0x0112
 
 
 def _reason(error: Exception) -> str:
@@ -48,11 +52,12 @@ def inspect_image(path: Path) -> ImageFacts:
             image.load()
             size = image.size
             phash = int(str(imagehash.phash(image.convert("RGB"))), 16)
+            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception as error:
         # verify() passed, so the structure is fine and the pixel data stops short
         reason = _reason(error)
         return ImageFacts(path, problem="truncated", reason=reason, sha256=digest)
-    return ImageFacts(path, size=size, sha256=digest, phash=phash)
+    return ImageFacts(path, size=size, sha256=digest, phash=phash, orientation=orientation)
 
 
 def exact_duplicates(facts: list[ImageFacts]) -> list[list[Path]]:

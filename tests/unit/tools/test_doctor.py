@@ -114,3 +114,17 @@ def test_captions_longer_than_the_token_limit_are_one_warning(tmp_path):
     assert "longest: 114" in finding.message and "max_token_length 150 or 225" in finding.message
     assert not doctor_dataset(tmp_path / "train", resolution="64,64", min_bucket_reso=64,
                               max_bucket_reso=128, max_token_length=150).of_kind("long_caption")
+
+
+def test_a_photo_stored_sideways_with_an_exif_rotation_is_a_warning(tmp_path):
+    from PIL import Image
+
+    for index in range(2):
+        write_image(tmp_path / f"{index}.png", (64, 64), seed=index + 1).with_suffix(".txt").write_text("a, b")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show": what phones write
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(tmp_path / "phone.jpg", exif=exif)
+    (tmp_path / "phone.txt").write_text("a, b")
+    report = doctor_dataset(tmp_path, resolution=(64, 64), min_bucket_reso=32)
+    assert [f.path.name for f in report.of_kind("rotated")] == ["phone.jpg"]
+    assert "EXIF orientation (6)" in report.of_kind("rotated")[0].message and report.ok  # a warning, not an error
