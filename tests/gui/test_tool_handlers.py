@@ -44,15 +44,20 @@ def test_tag_table_and_edits(make_dataset):
 
 def test_basic_captions_and_the_doctor(make_dataset):
     folder = make_dataset({"5_mychar": 2}, captions=False)
-    report = utilities_tab.caption_basic(str(folder), "1girl", "", "", "mychar", ".txt", False, progress=None)
+    report = utilities_tab.caption_basic(str(folder), "1girl", "", "", "mychar", ".txt", "Keep them", progress=None)
     assert "wrote 2 caption(s)" in report
     assert (folder / "5_mychar" / "img00.txt").read_text().startswith("mychar")
+    utilities_tab.caption_basic(str(folder), "solo", "", "", "", ".txt", "Keep them", progress=None)
+    assert "solo" not in (folder / "5_mychar" / "img00.txt").read_text()  # kept as they were
+    utilities_tab.caption_basic(str(folder), "solo", "", "", "", ".txt", "Overwrite them", progress=None)
+    assert (folder / "5_mychar" / "img00.txt").read_text() == "solo"
+    assert utilities_tab._existing("Add the new tags to them") == {"overwrite": False, "append": True}
     assert "```text" in utilities_tab.doctor(str(folder), ".txt", "512,512", progress=None)
 
 
 def test_tool_mistakes_are_readable_lines(tmp_path):
     assert utilities_tab.tag_table("", ".txt")[0] == "⚠️ choose the image folder first"
-    assert utilities_tab.caption_wd14(str(tmp_path), "", 0.35, 0.85, "", "", ".txt", False, progress=None) \
+    assert utilities_tab.caption_wd14(str(tmp_path), "", 0.35, 0.85, "", "", ".txt", "Keep them", progress=None) \
         .startswith("⚠️ give the WD14 tagger folder")
     status, grid = testing_tab.grid(str(tmp_path), "", "mychar", "0.5, strong", 1, progress=None)
     assert status.startswith("⚠️ weights must be numbers") and grid == gr.skip()

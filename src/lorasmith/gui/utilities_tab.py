@@ -27,25 +27,36 @@ def _need_folder(folder: str) -> str | None:
 # ---- handlers: widget values -> one api call -> what the page shows -----------------------------
 
 
-def caption_wd14(folder, model, threshold, character_threshold, exclude, trigger, extension, overwrite,
+# What to do with a caption an image already has (the CLI's default, --overwrite, --append).
+EXISTING_CAPTIONS = {"Keep them": "keep", "Overwrite them": "overwrite", "Add the new tags to them": "append"}
+
+
+def _existing(choice: str) -> dict:
+    mode = EXISTING_CAPTIONS.get(choice, choice)
+    return {"overwrite": mode == "overwrite", "append": mode == "append"}
+
+
+def caption_wd14(folder, model, threshold, character_threshold, exclude, trigger, extension, existing,
                  progress=gr.Progress()):
     return _need_folder(folder) or run_tool(
         "caption_wd14", folder.strip(), (model or "").strip() or None, general_threshold=threshold,
         character_threshold=character_threshold, exclude_tags=_tags(exclude), trigger=(trigger or "").strip(),
-        caption_extension=extension, overwrite=overwrite, progress=progress).report
+        caption_extension=extension, **_existing(existing), progress=progress).report
 
 
-def caption_blip(folder, model, prefix, trigger, beams, max_length, extension, overwrite, progress=gr.Progress()):
+def caption_blip(folder, model, prefix, trigger, beams, max_length, extension, existing, progress=gr.Progress()):
     return _need_folder(folder) or run_tool(
         "caption_blip", folder.strip(), (model or "").strip() or None, prefix=prefix or "",
         trigger=(trigger or "").strip(), num_beams=int(beams), max_length=int(max_length),
-        caption_extension=extension, overwrite=overwrite, progress=progress).report
+        caption_extension=extension, **_existing(existing), progress=progress).report
 
 
-def caption_basic(folder, text, prefix, postfix, trigger, extension, overwrite, progress=gr.Progress()):
+def caption_basic(folder, text, prefix, postfix, trigger, extension, existing, progress=gr.Progress()):
+    # basic captions decorate what is there: "add" means the same as keep
     return _need_folder(folder) or run_tool(
         "caption_basic", folder.strip(), text or "", prefix=prefix or "", postfix=postfix or "",
-        trigger=(trigger or "").strip(), caption_extension=extension, overwrite=overwrite, progress=progress).report
+        trigger=(trigger or "").strip(), caption_extension=extension,
+        overwrite=_existing(existing)["overwrite"], progress=progress).report
 
 
 def tag_table(folder, extension):
@@ -100,7 +111,8 @@ def build_utilities_tab(browse_root: str) -> None:
 
 def _captioning(folder, extension) -> None:
     with gr.Row():
-        overwrite = gr.Checkbox(False, label="Overwrite existing captions")
+        existing = gr.Radio(list(EXISTING_CAPTIONS), value="Keep them", label="Existing captions",
+                            info="Images that already have a caption file.")
         trigger = gr.Textbox(label="Trigger word", info="Put first in every caption, e.g. mychar.")
     with gr.Tabs():
         with gr.Tab("WD14 (tags)"):
@@ -125,11 +137,11 @@ def _captioning(folder, extension) -> None:
                 postfix = gr.Textbox(label="Postfix", info="Added after every caption.")
             basic = gr.Button("Write captions", variant="primary")
     status = gr.Markdown(elem_id="caption-status")
-    wd14.click(caption_wd14, inputs=[folder, model, threshold, character, exclude, trigger, extension, overwrite],
+    wd14.click(caption_wd14, inputs=[folder, model, threshold, character, exclude, trigger, extension, existing],
                outputs=status)
-    blip.click(caption_blip, inputs=[folder, blip_model, prefix, trigger, beams, max_length, extension, overwrite],
+    blip.click(caption_blip, inputs=[folder, blip_model, prefix, trigger, beams, max_length, extension, existing],
                outputs=status)
-    basic.click(caption_basic, inputs=[folder, text, basic_prefix, postfix, trigger, extension, overwrite],
+    basic.click(caption_basic, inputs=[folder, text, basic_prefix, postfix, trigger, extension, existing],
                 outputs=status)
 
 
