@@ -15,15 +15,17 @@ from lorasmith.errors import ConfigError
 # key -> (lowest allowed, whether the lowest itself is allowed)
 _MINIMUMS = {
     "train_batch_size": (1, True), "max_train_epochs": (0, True), "max_train_steps": (0, True),
-    "save_every_n_epochs": (0, True), "save_last_n_epochs": (0, True), "learning_rate": (0, False), "unet_lr": (0, True),
-    "text_encoder_lr": (0, True), "lr_warmup_steps": (0, True), "lr_scheduler_num_cycles": (1, True),
+    "save_every_n_epochs": (0, True), "save_last_n_epochs": (0, True), "learning_rate": (0, False),
+    "unet_lr": (0, True), "text_encoder_lr": (0, True), "lr_warmup_steps": (0, True),
+    "lr_scheduler_num_cycles": (1, True),
     "network_dim": (1, True), "network_alpha": (0, False), "num_cpu_threads_per_process": (1, True),
     "max_data_loader_n_workers": (0, True), "conv_dim": (0, True), "conv_alpha": (0, True),
     "gradient_accumulation_steps": (1, True), "max_grad_norm": (0, True), "keep_tokens": (0, True),
     "clip_skip": (1, True), "min_bucket_reso": (64, True), "max_bucket_reso": (64, True),
     "bucket_reso_steps": (8, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
     "prior_loss_weight": (0, True), "multires_noise_iterations": (0, True), "multires_noise_discount": (0, True),
-    "min_timestep": (0, True), "scale_weight_norms": (0, True), "sample_every_n_epochs": (0, True), "sample_every_n_steps": (0, True),
+    "min_timestep": (0, True), "scale_weight_norms": (0, True), "sample_every_n_epochs": (0, True),
+    "sample_every_n_steps": (0, True),
 }
 _FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
               "validation_split": 0.5}
@@ -109,7 +111,8 @@ def advisory_warnings(config: TrainConfig) -> list[str]:
     if config.conv_alpha > config.conv_dim > 0:
         warnings.append("conv_alpha is above conv_dim")
     if config.min_snr_gamma and config.debiased_estimation_loss:
-        warnings.append("min_snr_gamma and debiased_estimation_loss both weight the loss by timestep; usually one is used")
+        warnings.append("min_snr_gamma and debiased_estimation_loss both weight the loss by timestep; "
+                        "usually one is used")
     return warnings
 
 

@@ -50,7 +50,6 @@ def load_base_model(
     file (original or diffusers names) used instead of the checkpoint's own.
     """
     source = Path(path)
-    separate_vae = read_vae_file(Path(vae_path), dtype, allow_pickle) if vae_path else None
 
     def on_vae(vae, fam: Family) -> None:
         if vae_ready is not None:
@@ -59,6 +58,7 @@ def load_base_model(
         raise ModelError(f"unknown model family '{family}'; use auto, {', '.join(FAMILIES)}")
     if not source.exists():
         raise ModelError(f"base model not found: {source}; check the path (pretrained_model_name_or_path)")
+    separate_vae = read_vae_file(Path(vae_path), dtype, allow_pickle) if vae_path else None
     if source.is_dir():
         base = _load_diffusers_folder(source, family, v_parameterization, allow_pickle, dtype, on_vae, separate_vae)
     elif source.suffix.lower() == ".safetensors":

@@ -3,8 +3,9 @@
 The UNet and text encoders are built on the meta device (no memory, no download) from the
 configs the checkpoint carries (a diffusers folder, or a file lorasmith wrote, such as the
 demo's tiny model) or else from those of the family shipped in `lorasmith/models/configs/`,
-and the sd-scripts target layers are read off them. The file is the 8-byte length, the JSON header (one entry per
-tensor, which we size exactly, plus the metadata, which we estimate) and the tensor bytes.
+and the sd-scripts target layers are read off them. The file is the 8-byte length, the JSON
+header (one entry per tensor, which we size exactly, plus the metadata, which we estimate) and
+the tensor bytes.
 The tutorial's rule of thumb, ~1.125 MB per unit of rank for SD1.5, falls out of this.
 """
 

@@ -118,10 +118,9 @@ def source_images(source: str | Path, events: EventSink) -> list[Path]:
     return images
 
 
-
 def copy_images(images: list[Path], destination: Path, caption_extension: str,
-                events: EventSink, task: str) -> tuple[list[Path], list[Path], int]:
-    """Copy `images` (and their captions) into `destination`: (copied, kept, images)."""
+                events: EventSink, task: str) -> tuple[list[Path], list[Path]]:
+    """Copy `images` (and their captions) into `destination`: (copied, kept)."""
     destination.mkdir(parents=True, exist_ok=True)
     copied, kept = [], []
     for done, image in enumerate(images, 1):
@@ -136,7 +135,7 @@ def copy_images(images: list[Path], destination: Path, caption_extension: str,
     if kept:
         events(Message(f"{len(kept)} file(s) already in {destination} were kept as they were", "warning"))
     events(FileWritten(str(destination), "dataset"))
-    return copied, kept, len(images)
+    return copied, kept
 
 
 def warn_same_name(parent: Path, folder: str, events: EventSink) -> None:
@@ -197,10 +196,10 @@ def prepare_dataset(
         check_destination(reg_folder, overwrite)
     check_destination(train_root / folder, overwrite)
     warn_same_name(train_root, folder, events)
-    copied, kept, count = copy_images(images, train_root / folder, extension, events, "copying images")
-    result = PreparedDataset(train_root, train_root / folder, repeats, count, copied, kept)
+    copied, kept = copy_images(images, train_root / folder, extension, events, "copying images")
+    result = PreparedDataset(train_root, train_root / folder, repeats, image_count, copied, kept)
     if reg_images_dir:
-        reg_copied, reg_kept, _ = copy_images(reg_images, reg_folder, extension, events,
+        reg_copied, reg_kept = copy_images(reg_images, reg_folder, extension, events,
                                               "copying regularisation images")
         result.copied += reg_copied
         result.kept += reg_kept

@@ -308,7 +308,8 @@ class Trainer:
             if str(path) in self.result.files:
                 self.result.files.remove(str(path))
             self.events(Message(f"removed {path.name} (save_last_n_epochs {keep})"))
-        self.record.write()
+        if epoch_files[:-keep]:
+            self.record.write()
 
     def _save_partial(self, step: int) -> None:
         path = files.step_file(self.output_dir, self.config.output_name, step)
