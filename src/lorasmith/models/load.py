@@ -23,6 +23,7 @@ from lorasmith.models.configs import shipped_config
 from lorasmith.models.detect import PICKLE_SUFFIXES, detect_family, family_from_tensors
 from lorasmith.models.families import FAMILIES, Family
 from lorasmith.models.hashes import legacy_hash
+from lorasmith.models.quiet import no_library_progress_bars
 from lorasmith.models.tensor_files import CastingDict, SafetensorsFile, load_pickle, refuse_pickle
 from lorasmith.models.tiny import noise_scheduler_config
 from lorasmith.models.tokenizer import clip_tokenizer
@@ -230,19 +231,20 @@ def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, 
         if not (source / part).is_dir():
             raise ModelError(f"{source} has no {part}/ folder, which a {fam.title} model needs; give a complete model")
     options = {part: _weight_options(source / part, allow_pickle) for part in parts}
-    try:
-        if separate_vae:
-            vae = separate_vae.build(details["configs"]["vae"])
-        else:
-            vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, local_files_only=True,
-                                                **options["vae"])
-        on_vae(vae.eval(), fam)
-        unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=dtype, local_files_only=True,
-                                                    **options["unet"])
-        encoders = [_pretrained_text_model(source / part, index, dtype, options[part])
-                    for index, part in enumerate(parts[2:])]
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ModelError(f"cannot load the diffusers model in {source} ({error}); check that the folder is complete")
+    with no_library_progress_bars():
+        try:
+            if separate_vae:
+                vae = separate_vae.build(details["configs"]["vae"])
+            else:
+                vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=dtype, local_files_only=True,
+                                                    **options["vae"])
+            on_vae(vae.eval(), fam)
+            unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=dtype, local_files_only=True,
+                                                        **options["unet"])
+            encoders = [_pretrained_text_model(source / part, index, dtype, options[part])
+                        for index, part in enumerate(parts[2:])]
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ModelError(f"cannot load the diffusers model in {source} ({error}); check that the folder is complete")
     tokenizers = [_folder_tokenizer(source, index, pad) for index, pad in enumerate(fam.pad_tokens)]
     v_prediction = bool(v_parameterization or details.get("v_prediction"))
     modules = [m.eval() for m in (unet, vae, *encoders)]

@@ -70,7 +70,9 @@ def test_batch_uses_seed_plus_index_and_saves_pngs_with_parameters(sd1, run_dir,
     single = generate_images(sd1, [request(seed=8, negative_prompt="lowres", sampler="dpmpp_2m_karras",
                                            cfg_scale=5.5, clip_skip=2)], [(run_dir / "mychar.safetensors", 0.8)])[0]
     assert [item.parameters.seed for item in batch] == [7, 8]
-    assert np.array_equal(pixels(batch[1]), pixels(single))
+    # a batch of two runs other kernels than one image alone: the same image within a pixel level or two
+    difference = np.abs(pixels(batch[1]).astype(int) - pixels(single).astype(int))
+    assert difference.max() <= 2 and difference.mean() < 0.5
     assert [e.done for e in events if isinstance(e, Progress)] == [1, 2]
     stored = read_parameters(batch[1].path)
     assert stored == batch[1].parameters

@@ -23,12 +23,16 @@ def load_blip(model_dir: str | Path):
     import transformers
     from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipProcessor
 
+    from lorasmith.models.quiet import no_library_progress_bars
+
     # The PIL backend when this transformers has one; the default one would want torchvision.
     image_processor_class = getattr(transformers, "BlipImageProcessorPil", transformers.BlipImageProcessor)
     try:
-        processor = BlipProcessor(image_processor=image_processor_class.from_pretrained(folder, local_files_only=True),
-                                  tokenizer=AutoTokenizer.from_pretrained(folder, local_files_only=True))
-        model = BlipForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+        with no_library_progress_bars():
+            processor = BlipProcessor(
+                image_processor=image_processor_class.from_pretrained(folder, local_files_only=True),
+                tokenizer=AutoTokenizer.from_pretrained(folder, local_files_only=True))
+            model = BlipForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
     except (OSError, ValueError) as error:
         raise ToolError(f"cannot load the BLIP model in '{folder}': {str(error).splitlines()[0]}") from None
     return processor, model
