@@ -73,12 +73,14 @@ def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ig
 # --- training and the demo ---
 
 
-def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, base=None):
-    """Train a LoRA. `stop` (a threading.Event) ends the run early, saving the LoRA, as Ctrl-C does.
+def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, base=None, pause=None):
+    """Train a LoRA. `stop` (a threading.Event) ends the run at the next step, saving the LoRA (and the state
+    with save_state); `pause` does the same and always saves the state, for `resume = "auto"` to go on.
 
     `base` lets a caller pass an already loaded BaseModel (tests, notebooks); normally the
     model is loaded from `config.pretrained_model_name_or_path`.
     """
+    config = resolve_resume(config, events)
     base_hashes = _hash_checkpoint_early(config.pretrained_model_name_or_path, config.vae)
     import torch
 
@@ -119,9 +121,39 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
             vae_path=config.vae or None,
         )
     trainer = Trainer(config, data, base, events, stop, owns_base=owns_base, base_hashes=base_hashes,
-                      latents=latents.future if latents else None)
+                      latents=latents.future if latents else None, pause=pause)
     trainer.setup()
     return trainer.train()
+
+
+def resolve_resume(config: TrainConfig, events: EventSink = ignore_events) -> TrainConfig:
+    """`resume = "auto"`: the newest complete state of this output_dir/output_name, or a fresh start."""
+    from dataclasses import replace
+
+    from lorasmith.train.state import find_resume_state
+
+    if config.resume.strip().lower() != "auto":
+        return config
+    output_dir = Path(config.output_dir).expanduser()
+    folder, skipped = find_resume_state(output_dir, config.output_name)
+    for line in skipped:
+        events(Message(line, "warning"))
+    if folder is None:
+        events(Message(f"resume auto: no saved training state of '{config.output_name}' in {output_dir}; "
+                       "starting fresh"))
+        return replace(config, resume="")
+    events(Message(f"resume auto: continuing from {folder.name}"))
+    return replace(config, resume=str(folder))
+
+
+def resumable_state(config: TrainConfig) -> str | None:
+    """The state `resume = "auto"` would continue from, for the GUI to offer after a crash or a pause."""
+    from lorasmith.train.state import find_resume_state
+
+    if not config.output_dir:
+        return None
+    folder, _ = find_resume_state(Path(config.output_dir).expanduser(), config.output_name)
+    return str(folder) if folder else None
 
 
 def _hash_checkpoint_early(path: str, vae_path: str = ""):

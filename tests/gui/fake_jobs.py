@@ -8,7 +8,7 @@ from lorasmith.errors import TrainingError
 from lorasmith.events import FileWritten, Message, Progress
 
 
-def quick_run(config, events, stop) -> None:
+def quick_run(config, events, stop, pause) -> None:
     """Three steps with a loss, a sample and a LoRA file."""
     events(Message("plan: 3 steps"))
     for step in range(1, 4):
@@ -17,19 +17,19 @@ def quick_run(config, events, stop) -> None:
     events(FileWritten(f"{config.output_dir}/{config.output_name}.safetensors", "lora"))
 
 
-def until_stopped(config, events, stop) -> None:
+def until_stopped(config, events, stop, pause) -> None:
     """Steps until Stop is asked, then 'saves' like the trainer does."""
     step = 0
-    while not stop.is_set() and step < 600:
+    while not stop.is_set() and not pause.is_set() and step < 600:
         step += 1
         events(Progress("train", step, 600, {"loss": 0.5}))
         time.sleep(0.05)
     events(FileWritten(f"{config.output_dir}/{config.output_name}-step{step}.safetensors", "lora"))
 
 
-def user_mistake(config, events, stop) -> None:
+def user_mistake(config, events, stop, pause) -> None:
     raise TrainingError("output folder already holds lora.safetensors; set overwrite or change output_name")
 
 
-def bug(config, events, stop) -> None:
+def bug(config, events, stop, pause) -> None:
     raise ZeroDivisionError("division by zero")

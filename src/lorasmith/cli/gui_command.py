@@ -40,8 +40,11 @@ def _gui(args: argparse.Namespace, extra: list[str]) -> int:
     from lorasmith.gui.app import build_app, launch
     from lorasmith.gui.runner import TrainingRunner
 
+    from lorasmith.stop_signals import interrupt_on_signals
+
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     runner = TrainingRunner()
+    interrupt_on_signals()  # `kill` or a closed terminal end the GUI through the `finally` below, as Ctrl-C does
     try:
         launch(build_app(runner, browse_root=args.browse_root), host=host, port=args.port, auth=auth,
                inbrowser=args.inbrowser)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import threading
 
 from lorasmith.cli.config_commands import add_config_source, print_event, resolve_config
+from lorasmith.stop_signals import StopOnSignals
 
 # Shown after the bar (the loss of the step itself jumps about too much to read).
 _SHOWN_METRICS = ("avg_loss", "lr", "epoch", "keys_scaled", "avg_norm")
@@ -57,23 +59,61 @@ class TerminalProgress:
         self.bars.clear()
 
 
-def _report(result) -> int:
-    if result.interrupted:
-        print(f"stopped after {result.steps} steps; saved {result.final_file}")
-        return 130
-    print(f"finished {result.steps} steps; LoRA: {result.final_file}")
-    return 0
+def _without_resume(extra: list[str]) -> list[str]:
+    """The `--key value` options given, less any --resume (and its value)."""
+    kept, skipping = [], False
+    for token in extra:
+        if token.startswith("--"):
+            skipping = token.split("=")[0] == "--resume"
+            if skipping:
+                continue
+        elif skipping:
+            continue
+        kept.append(token)
+    return kept
+
+
+def _report(result, signals: StopOnSignals, command: list[str]) -> int:
+    if not result.interrupted:
+        print(f"finished {result.steps} steps; LoRA: {result.final_file}")
+        return 0
+    why = f" ({signals.name})" if signals.signum else ""
+    if not result.final_file:
+        print(f"stopped{why} before the first step ended; nothing was saved")
+    else:
+        print(f"stopped{why} after {result.steps} steps; saved {result.final_file}")
+    if result.state_dir:
+        print(f"to resume: {shlex.join([*command, '--resume', 'auto'])}")
+    elif result.final_file:
+        print("no training state was saved (save_state is off), so this run cannot be resumed exactly; "
+              "add --save_state next time, or start a new run from this LoRA with --network_weights")
+    return signals.exit_code
+
+
+def _run(command: list[str], start) -> int:
+    """Run `start(events, stop)` with stop signals turned into a clean stop, and report how it ended."""
+    progress, stop = TerminalProgress(), threading.Event()
+    with StopOnSignals(stop) as signals:
+        try:
+            result = start(progress, stop)
+        except KeyboardInterrupt:
+            if not signals.signum:
+                raise
+            progress.close()
+            print(f"quit at once on a second {signals.name}; the files written before are intact", file=sys.stderr)
+            return signals.exit_code
+        finally:
+            progress.close()
+    return _report(result, signals, command)
 
 
 def _train(args, extra) -> int:
     from lorasmith import api
 
     config = resolve_config(args.config, extra, args.preset)
-    progress = TerminalProgress()
-    try:
-        return _report(api.train(config, events=progress))
-    finally:
-        progress.close()
+    command = ["lorasmith", "train", *([args.config] if args.config else []),
+               *(["--preset", args.preset] if args.preset else []), *_without_resume(extra)]
+    return _run(command, lambda events, stop: api.train(config, events=events, stop=stop))
 
 
 def _demo(args, extra) -> int:
@@ -82,13 +122,16 @@ def _demo(args, extra) -> int:
 
     overrides = parse_overrides(extra)
     output_dir = overrides.pop("output_dir", "lorasmith-demo")
-    progress = TerminalProgress()
-    try:
-        result = api.demo(output_dir, events=progress, **overrides)
-    finally:
-        progress.close()
-    print(f"demo files are in {result.output_dir}")
-    return _report(result)
+    results = []
+
+    def start(events, stop):
+        results.append(api.demo(output_dir, events=events, stop=stop, **overrides))
+        return results[-1]
+
+    code = _run(["lorasmith", "demo", *_without_resume(extra)], start)
+    if results:
+        print(f"demo files are in {results[-1].output_dir}")
+    return code
 
 
 def add_commands(subparsers) -> None:

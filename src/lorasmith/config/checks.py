@@ -15,7 +15,8 @@ from lorasmith.errors import ConfigError
 # key -> (lowest allowed, whether the lowest itself is allowed)
 _MINIMUMS = {
     "train_batch_size": (1, True), "max_train_epochs": (0, True), "max_train_steps": (0, True),
-    "save_every_n_epochs": (0, True), "save_last_n_epochs": (0, True), "learning_rate": (0, False),
+    "save_every_n_epochs": (0, True), "save_every_n_steps": (0, True), "save_last_n_epochs": (0, True),
+    "learning_rate": (0, False),
     "unet_lr": (0, True), "text_encoder_lr": (0, True), "lr_warmup_steps": (0, True),
     "lr_scheduler_num_cycles": (1, True),
     "network_dim": (1, True), "network_alpha": (0, False), "num_cpu_threads_per_process": (1, True),
@@ -94,8 +95,9 @@ def _check_paths(config: TrainConfig, for_training: bool) -> None:
     if config.network_weights and not Path(config.network_weights).expanduser().is_file():
         raise ConfigError(f"network_weights file '{config.network_weights}' does not exist; give a LoRA "
                           ".safetensors file or leave it empty")
-    if config.resume and not Path(config.resume).expanduser().is_dir():
-        raise ConfigError(f"resume folder '{config.resume}' does not exist; give a state folder written by save_state")
+    if config.resume and config.resume.lower() != "auto" and not Path(config.resume).expanduser().is_dir():
+        raise ConfigError(f"resume folder '{config.resume}' does not exist; give a state folder written by save_state, "
+                          "or 'auto' for the newest one of this output_dir and output_name")
 
 
 def advisory_warnings(config: TrainConfig) -> list[str]:

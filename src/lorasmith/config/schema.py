@@ -67,6 +67,8 @@ class TrainConfig:
         0, "Stop after this many steps; 0 means epochs decide.", "advanced")
     save_every_n_epochs: int = _field(
         1, "Save a LoRA every N epochs, so you can pick the best one later.", "basic")
+    save_every_n_steps: int = _field(
+        0, "Also save a LoRA (and the state, with save_state) every N steps; 0 turns it off.", "advanced")
     save_last_n_epochs: int = _field(
         0, "Keep only the last N of those epoch files (older ones are deleted as new ones come; the final "
         "file always stays); 0 keeps them all.", "advanced")
@@ -157,7 +159,9 @@ class TrainConfig:
     prior_loss_weight: float = _field(1.0, "Weight of the regularisation images' loss.", "advanced")
     sdpa: bool = _field(True, "Use PyTorch's scaled-dot-product attention (fast, memory-efficient).", "advanced")
     save_state: bool = _field(False, "Also save the full training state at each save point, to resume later.", "advanced")
-    resume: str = _field("", "A state folder written by save_state to continue training from.", "advanced")
+    resume: str = _field(
+        "", "A state folder written by save_state to continue training from; 'auto' takes the newest complete "
+        "one of this output_dir and output_name (or starts fresh when there is none).", "advanced")
     overwrite: bool = _field(False, "Allow replacing LoRA files that already exist in the output folder.", "advanced")
 
     # --- Samples and validation ---

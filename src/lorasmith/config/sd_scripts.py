@@ -13,7 +13,7 @@ from lorasmith.errors import ConfigError
 # train_network.py arguments without a lorasmith equivalent (as of sd-scripts 0.8/0.9).
 UNUSED_KEYS = frozenset({
     "network_args", "dim_from_weights", "network_train_text_encoder_only_lr",
-    "save_model_as", "save_last_n_epochs_state", "save_every_n_steps",
+    "save_model_as", "save_last_n_epochs_state",
     "save_last_n_steps", "save_last_n_steps_state", "save_state_on_train_end", "output_config",
     "xformers", "mem_eff_attn", "lowram", "highvram", "vae_batch_size", "no_half_vae",
     "full_fp16", "full_bf16", "fp8_base", "persistent_data_loader_workers",

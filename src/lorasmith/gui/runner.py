@@ -4,7 +4,9 @@ Why a `multiprocessing` *spawn* process rather than a `lorasmith train` subproce
 calls `api.train` directly and sends the library's own event dataclasses back through a queue,
 so there is no second, JSON-lines protocol to keep in step with the CLI's output; Stop is a
 shared `Event` that the trainer polls like a `threading.Event` (it saves and returns, no
-signals, the same on Windows); a user's mistake comes back as its one-line message. Spawn (not
+signals, the same on Windows); Pause is a second `Event` (stop with the state saved); a user's
+mistake comes back as its one-line message. The worker also stops cleanly, saving, when it gets
+SIGTERM/SIGHUP/SIGINT itself or when the GUI process dies under it (killed, crashed). Spawn (not
 fork) gives the run a fresh interpreter: no Gradio threads or locks copied into it, and the
 memory of torch and the model is handed back when the run ends.
 
@@ -33,7 +35,7 @@ _MAX_MESSAGES = 200
 class RunState:
     """What the page shows about the current (or last) run. `version` changes with every update."""
 
-    status: str = "idle"  # idle | running | stopping | finished | stopped | failed
+    status: str = "idle"  # idle | running | stopping | pausing | finished | stopped | paused | failed
     detail: str = "No training has run since the GUI started."
     task: str = ""
     done: int = 0
@@ -46,24 +48,41 @@ class RunState:
 
     @property
     def active(self) -> bool:
-        return self.status in ("running", "stopping")
+        return self.status in ("running", "stopping", "pausing")
 
 
-def train_in_worker(config: TrainConfig, events, stop) -> None:
+def train_in_worker(config: TrainConfig, events, stop, pause) -> None:
     """The default worker job: `api.train` with the queue as its event sink."""
     from lorasmith import api
 
-    api.train(config, events=events, stop=stop)
+    api.train(config, events=events, stop=stop, pause=pause)
 
 
-def _worker_main(job: Callable, config: TrainConfig, out, stop) -> None:
+def _stop_when_parent_dies(stop) -> None:
+    """A GUI killed outright (SIGKILL, a crash) cannot ask for a stop: the worker notices and stops itself."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns once the parent process is gone
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True, name="lorasmith-parent-watch").start()
+
+
+def _worker_main(job: Callable, config: TrainConfig, out, stop, pause) -> None:
     """Runs in the spawned process: every outcome becomes one message on `out`."""
+    from lorasmith.stop_signals import StopOnSignals
+
+    _stop_when_parent_dies(stop)
     try:
-        job(config, out.put, stop)
+        with StopOnSignals(stop):  # Ctrl-C in the GUI's terminal, a closed terminal, `kill`: save and end
+            job(config, out.put, stop, pause)
     except LorasmithError as error:
         out.put(("error", str(error)))
-    except KeyboardInterrupt:  # Ctrl-C in the GUI's terminal reaches this process too
-        out.put(("error", "interrupted from the terminal"))
+    except KeyboardInterrupt:  # a second signal: ended at once
+        out.put(("error", "ended at once by a second signal; the files written before are intact"))
     except BaseException as error:  # a bug: the page gets one line, the terminal the traceback
         traceback.print_exc()
         out.put(("error", f"training crashed ({type(error).__name__}: {error}); the terminal shows the details"))
@@ -81,6 +100,7 @@ class TrainingRunner:
         self._state = RunState()
         self._process = None
         self._stop = None
+        self._pause = None
 
     # ---- commands from the page -------------------------------------------------------------
 
@@ -92,9 +112,9 @@ class TrainingRunner:
             self._state = RunState(status="running", detail="Starting the training process...",
                                    version=self._state.version + 1)
             out = self._context.Queue()
-            self._stop = self._context.Event()
+            self._stop, self._pause = self._context.Event(), self._context.Event()
             self._process = self._context.Process(
-                target=_worker_main, args=(self._job, config, out, self._stop),
+                target=_worker_main, args=(self._job, config, out, self._stop, self._pause),
                 name="lorasmith-train", daemon=True)
             self._process.start()
         threading.Thread(target=self._watch, args=(self._process, out), daemon=True,
@@ -103,13 +123,24 @@ class TrainingRunner:
     def stop(self) -> str:
         """Ask the trainer to save and end; returns a line for the page."""
         with self._lock:
-            if self._state.status == "stopping":
+            if self._state.status in ("stopping", "pausing"):
                 return "Already stopping: the trainer is saving the LoRA."
             if not self._state.active:
                 return "No training is running."
             self._stop.set()
             self._update(status="stopping", detail="Stopping: the trainer saves the LoRA, then ends.")
         return "Stop requested: the trainer saves the LoRA, then ends."
+
+    def pause(self) -> str:
+        """Ask the trainer to stop at the next step with its state saved, for Resume to go on exactly."""
+        with self._lock:
+            if self._state.status in ("stopping", "pausing"):
+                return "Already stopping: the trainer is saving."
+            if not self._state.active:
+                return "No training is running."
+            self._pause.set()
+            self._update(status="pausing", detail="Pausing: the trainer saves the LoRA and its state, then ends.")
+        return "Pause requested: the trainer saves the LoRA and its state at the next step; Resume goes on from there."
 
     def snapshot(self) -> RunState:
         with self._lock:
@@ -185,6 +216,9 @@ class TrainingRunner:
         with self._lock:
             if kind == "error":
                 self._update(status="failed", detail=f"Training failed: {text}")
+            elif self._pause is not None and self._pause.is_set():
+                self._update(status="paused", detail="Paused: the LoRA and the training state were saved; "
+                                                     "Resume goes on from there.")
             elif self._stop is not None and self._stop.is_set():
                 self._update(status="stopped", detail="Stopped: the LoRA was saved where training had got to.")
             else:

@@ -33,25 +33,32 @@ def state_folder(output_dir: Path, name: str, epoch: int) -> Path:
     return output_dir / f"{name}-{epoch:06d}-state"
 
 
+def step_state_folder(output_dir: Path, name: str, step: int) -> Path:
+    """A state saved between save points (a stop, a pause, save_every_n_steps), as sd-scripts names it."""
+    return output_dir / f"{name}-step{step:08d}-state"
+
+
 def record_path(output_dir: Path, name: str) -> Path:
     return output_dir / f"{name}_run.json"
 
 
-def existing_outputs(output_dir: Path, name: str, after_epoch: int = 0) -> list[Path]:
-    """LoRA files of this name that a new run (or a resume past `after_epoch`) would replace."""
+def existing_outputs(output_dir: Path, name: str, after_epoch: int = 0, after_step: int = 0) -> list[Path]:
+    """LoRA files of this name that a new run (or a resume past `after_epoch`/`after_step`) would replace."""
     if not output_dir.is_dir():
         return []
-    pattern = re.compile(rf"^{re.escape(name)}(-(\d{{6}})|-step\d{{8}})?\.safetensors$")
+    pattern = re.compile(rf"^{re.escape(name)}(-(\d{{6}})|-step(\d{{8}}))?\.safetensors$")
     found = []
     for path in sorted(output_dir.iterdir()):
         match = pattern.match(path.name)
-        if match and not (match.group(2) and int(match.group(2)) <= after_epoch):
+        earlier = (match and match.group(2) and int(match.group(2)) <= after_epoch) or (
+            match and match.group(3) and int(match.group(3)) <= after_step)
+        if match and not earlier:
             found.append(path)
     return found
 
 
-def guard_outputs(output_dir: Path, name: str, overwrite: bool, after_epoch: int = 0) -> None:
-    clashes = existing_outputs(output_dir, name, after_epoch)
+def guard_outputs(output_dir: Path, name: str, overwrite: bool, after_epoch: int = 0, after_step: int = 0) -> None:
+    clashes = existing_outputs(output_dir, name, after_epoch, after_step)
     if clashes and not overwrite:
         raise TrainingError(
             f"'{clashes[0]}' already exists ({len(clashes)} file(s) of output_name '{name}'); "

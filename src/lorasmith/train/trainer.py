@@ -33,7 +33,7 @@ from lorasmith.train.setup import (
     TrainingData, allow_new_mixed_precision, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training,
     weight_dtype,
 )
-from lorasmith.train.state import Position, load_state, save_state
+from lorasmith.train.state import KEEP_STATES, Position, load_state, prune_states, save_state
 from lorasmith.train.step import NoiseRecipe, denoising_loss, draw_noise
 
 
@@ -45,16 +45,18 @@ class TrainResult:
     steps: int = 0
     epochs_done: int = 0
     interrupted: bool = False
+    paused: bool = False  # stopped with the state saved, to be resumed
+    state_dir: str | None = None  # the last training state written, if any
     losses: list[float] = field(default_factory=list)  # loss of every optimizer step
 
 
 class Trainer:
     def __init__(self, config: TrainConfig, data: TrainingData, base, events: EventSink = ignore_events,
                  stop: threading.Event | None = None, owns_base: bool = False, base_hashes: Future | None = None,
-                 latents: Future | None = None):
+                 latents: Future | None = None, pause: threading.Event | None = None):
         from accelerate import Accelerator
 
-        self.config, self.data, self.events, self.stop = config, data, events, stop
+        self.config, self.data, self.events, self.stop, self.pause = config, data, events, stop, pause
         self.output_dir = Path(config.output_dir).expanduser()
         allow_new_mixed_precision(config.mixed_precision)
         self.accelerator = Accelerator(
@@ -97,10 +99,11 @@ class Trainer:
         self.cache = self._cache_latents()
         self.text_cache = self._cache_text_outputs()
         self.position = self._resume() if config.resume else Position(0, 0, 0)
-        files.guard_outputs(self.output_dir, config.output_name, config.overwrite, after_epoch=self.position.epoch)
+        files.guard_outputs(self.output_dir, config.output_name, config.overwrite, after_epoch=self.position.epoch,
+                            after_step=self.position.step)
         self.record = files.RunRecord(str(self.output_dir), config.output_name,
                                       config.pretrained_model_name_or_path, to_dict(config),
-                                      [str(p) for p in self.data.validation])
+                                      [str(p) for p in self.data.validation], self._earlier_files())
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.record.write()
@@ -167,6 +170,16 @@ class Trainer:
         self.network.load_kohya_state_dict(tensors)
         self.events(Message(f"starting from the LoRA weights of {path}"))
 
+    def _earlier_files(self) -> list[dict]:
+        """A resumed run goes on with the files its record lists up to the state's step."""
+        if not self.config.resume:
+            return []
+        try:
+            record = files.read_record(files.record_path(self.output_dir, self.config.output_name))
+        except (OSError, ValueError, TypeError, TrainingError):
+            return []
+        return [f for f in record.files if f["step"] <= self.position.step and Path(f["path"]).exists()]
+
     def _resume(self) -> Position:
         tensors, optim, position, _ = load_state(self.config.resume)
         self.network.load_kohya_state_dict(tensors)
@@ -183,6 +196,10 @@ class Trainer:
         rules = CaptionRules(config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate,
                              config.caption_tag_dropout_rate)
         self.events(Message(f"training {self.total_steps} steps over {self.epochs} epochs"))
+        if self._stop_requested():  # asked before the first step (while loading): nothing to save
+            self.result.interrupted = True
+            self._finish(step, "interrupted")
+            return self.result
         try:
             for epoch in range(self.position.epoch, self.epochs):
                 batches = self._epoch_batches(epoch)
@@ -205,6 +222,8 @@ class Trainer:
                 if self.result.interrupted or step >= self.total_steps:
                     break
         except KeyboardInterrupt:
+            if self._stop_requested():  # a second interrupt after a stop request: quit now, save nothing more
+                raise
             self.result.interrupted = True
         except BaseException:
             self._finish(step, "failed")
@@ -213,7 +232,8 @@ class Trainer:
             self._save_partial(step)
         else:
             self._save_lora(files.final_file(self.output_dir, config.output_name), self.position.epoch, step, "final")
-        self._finish(step, "interrupted" if self.result.interrupted else "finished")
+        self._finish(step, "paused" if self.result.paused else "interrupted" if self.result.interrupted
+                     else "finished")
         return self.result
 
     def _epoch_batches(self, epoch: int) -> list:
@@ -260,9 +280,13 @@ class Trainer:
         return (f"the loss became NaN or infinite at step {step}; lower the learning rate "
                 f"or use bf16 instead of fp16{kept}")
 
+    def _stop_requested(self) -> bool:
+        return any(event is not None and event.is_set() for event in (self.stop, self.pause))
+
     def _should_stop(self) -> bool:
-        if self.stop is not None and self.stop.is_set():
+        if self._stop_requested():
             self.result.interrupted = True
+            self.result.paused = self.pause is not None and self.pause.is_set()
         return self.result.interrupted
 
     def _report(self, step: int, epoch: int, loss: float, average: float) -> None:
@@ -279,6 +303,11 @@ class Trainer:
             logs.update({"norm/keys_scaled": keys_scaled, "norm/average": mean_norm})
         self.events(Progress("train", step, self.total_steps, metrics))
         self.accelerator.log(logs, step=step)
+        every = self.config.save_every_n_steps
+        if every and step % every == 0 and step < self.total_steps:
+            self._save_lora(files.step_file(self.output_dir, self.config.output_name, step), epoch, step, "step")
+            if self.config.save_state:
+                self._save_state(files.step_state_folder(self.output_dir, self.config.output_name, step))
         every = self.config.sample_every_n_steps
         if every and step % every == 0:
             self._sample(epoch + 1, step)
@@ -292,7 +321,7 @@ class Trainer:
             self._save_lora(files.epoch_file(self.output_dir, config.output_name, epoch), epoch, step, "epoch")
             self._keep_last_epoch_files()
             if config.save_state:
-                self._save_state(epoch)
+                self._save_state(files.state_folder(self.output_dir, config.output_name, epoch))
         if config.sample_every_n_epochs and epoch % config.sample_every_n_epochs == 0:
             self._sample(epoch, step)
 
@@ -312,10 +341,17 @@ class Trainer:
             self.record.write()
 
     def _save_partial(self, step: int) -> None:
+        """A stop (Ctrl-C, a signal, Stop in the GUI) or a pause: the LoRA of the step reached, and the state
+        with save_state (always for a pause, which exists to be resumed)."""
+        if step == 0:
+            return  # stopped before the first step ended: nothing was trained
+        keeps_state = self.config.save_state or self.result.paused
+        self.events(Message(f"{'pausing' if self.result.paused else 'stopping'} at step {step}: saving the LoRA"
+                            + (" and the training state" if keeps_state else "")))
         path = files.step_file(self.output_dir, self.config.output_name, step)
         self._save_lora(path, self.position.epoch, step, "interrupted")
-        if self.config.save_state:
-            self._save_state(self.position.epoch)
+        if keeps_state:
+            self._save_state(files.step_state_folder(self.output_dir, self.config.output_name, step))
 
     def _save_lora(self, path: Path, epoch: int, step: int, kind: str) -> None:
         from lorasmith.network.files import save_lora_file
@@ -329,13 +365,15 @@ class Trainer:
         self.record.write()
         self.events(FileWritten(str(path), "lora"))
 
-    def _save_state(self, epoch: int) -> None:
+    def _save_state(self, folder: Path) -> None:
         if not self.accelerator.is_main_process:
             return
-        folder = files.state_folder(self.output_dir, self.config.output_name, epoch)
         save_state(folder, self.network.kohya_state_dict(torch.float32), self.optimizer, self.scheduler,
                    self.position, to_dict(self.config))
+        self.result.state_dir = str(folder)
         self.events(FileWritten(str(folder), "state"))
+        for old in prune_states(self.output_dir, self.config.output_name):
+            self.events(Message(f"removed the older training state {old.name} (the newest {KEEP_STATES} are kept)"))
 
     def _metadata(self, epoch: int, step: int) -> dict:
         from lorasmith.network.metadata import build_metadata
