@@ -57,8 +57,10 @@ def existing_outputs(output_dir: Path, name: str, after_epoch: int = 0, after_st
     return found
 
 
-def guard_outputs(output_dir: Path, name: str, overwrite: bool, after_epoch: int = 0, after_step: int = 0) -> None:
-    clashes = existing_outputs(output_dir, name, after_epoch, after_step)
+def guard_outputs(output_dir: Path, name: str, overwrite: bool, after_epoch: int = 0, after_step: int = 0,
+                  own: frozenset[str] = frozenset()) -> None:
+    """Refuse to replace LoRA files of this name, except `own` ones (a resumed run writes its own again)."""
+    clashes = [p for p in existing_outputs(output_dir, name, after_epoch, after_step) if str(p) not in own]
     if clashes and not overwrite:
         raise TrainingError(
             f"'{clashes[0]}' already exists ({len(clashes)} file(s) of output_name '{name}'); "

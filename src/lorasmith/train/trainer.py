@@ -99,11 +99,14 @@ class Trainer:
         self.cache = self._cache_latents()
         self.text_cache = self._cache_text_outputs()
         self.position = self._resume() if config.resume else Position(0, 0, 0)
+        earlier = self._earlier_files()
+        # files this run wrote after the state (before it was stopped) are written again, the same
         files.guard_outputs(self.output_dir, config.output_name, config.overwrite, after_epoch=self.position.epoch,
-                            after_step=self.position.step)
+                            after_step=self.position.step, own=frozenset(f["path"] for f in earlier))
         self.record = files.RunRecord(str(self.output_dir), config.output_name,
                                       config.pretrained_model_name_or_path, to_dict(config),
-                                      [str(p) for p in self.data.validation], self._earlier_files())
+                                      [str(p) for p in self.data.validation],
+                                      [f for f in earlier if f["step"] <= self.position.step])
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.record.write()
@@ -171,14 +174,14 @@ class Trainer:
         self.events(Message(f"starting from the LoRA weights of {path}"))
 
     def _earlier_files(self) -> list[dict]:
-        """A resumed run goes on with the files its record lists up to the state's step."""
+        """The files a resumed run's record lists (the run goes on with those up to the state's step)."""
         if not self.config.resume:
             return []
         try:
             record = files.read_record(files.record_path(self.output_dir, self.config.output_name))
         except (OSError, ValueError, TypeError, TrainingError):
             return []
-        return [f for f in record.files if f["step"] <= self.position.step and Path(f["path"]).exists()]
+        return [f for f in record.files if Path(f["path"]).exists()]
 
     def _resume(self) -> Position:
         tensors, optim, position, _ = load_state(self.config.resume)
