@@ -51,13 +51,29 @@ def base_architecture(config: TrainConfig) -> tuple[str, dict | None]:
     return ("sd1" if family == "auto" else family), configs
 
 
-def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ignore_events):
+def setting_lines(config: TrainConfig, given=None) -> tuple[list[str], list[str]]:
+    """(lines for settings that lose to another, lines for settings lorasmith cannot honour).
+
+    `given`: the keys the user set; None takes every key that differs from the default (a GUI form).
+    """
+    from lorasmith.config.losing import losing_settings, unhonoured_settings
+    from lorasmith.config.sources import non_default_keys
+
+    return losing_settings(config, non_default_keys(config) if given is None else given), unhonoured_settings(config)
+
+
+def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ignore_events, given=None):
     """The step plan for a configuration: needs the folders and parameters, no model file."""
     from lorasmith.dataset.plan import plan_steps
     from lorasmith.network.size import estimate_lora_bytes
 
     for warning in check_config(config, for_training=False):
         events(Message(warning, "warning"))
+    losing, unhonoured = setting_lines(config, given)
+    for line in losing:
+        events(Message(line, "warning"))
+    for line in unhonoured:
+        events(Message(f"train will refuse: {line}", "warning"))
     train, reg = load_datasets(config, verify_images)
     step_plan = plan_steps(config, train, reg)
     family, configs = base_architecture(config)
@@ -73,7 +89,7 @@ def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ig
 # --- training and the demo ---
 
 
-def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, base=None, pause=None):
+def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, base=None, pause=None, given=None):
     """Train a LoRA. `stop` (a threading.Event) ends the run at the next step, saving the LoRA (and the state
     with save_state); `pause` does the same and always saves the state, for `resume = "auto"` to go on.
 
@@ -91,6 +107,13 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
 
     for warning in check_config(config, for_training=base is None):
         events(Message(warning, "warning"))
+    losing, unhonoured = setting_lines(config, given)
+    if unhonoured:  # never train something other than what was asked for
+        from lorasmith.errors import ConfigError
+
+        raise ConfigError(unhonoured[0])
+    for line in losing:
+        events(Message(line, "warning"))
     # Mistakes found in a second, not after minutes of loading the model and caching latents.
     check_optimizer_available(config.optimizer_type)
     if config.network_weights:

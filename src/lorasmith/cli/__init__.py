@@ -54,10 +54,21 @@ def _split_overrides(parser: argparse.ArgumentParser, argv: list[str]):
     """
     from lorasmith.config.schema import FIELDS
 
+    argv = _preset_first(argv)
     for index, token in enumerate(argv):
         if token.startswith("--") and token[2:].split("=")[0].replace("-", "_") in FIELDS:
             return parser.parse_args(argv[:index]), argv[index:]
     return parser.parse_args(argv), []
+
+
+def _preset_first(argv: list[str]) -> list[str]:
+    """`--preset 8gb` may come anywhere, also among the `--key value` overrides: move it before them."""
+    for index, token in enumerate(argv):
+        if token == "--preset" and index + 1 < len(argv):
+            return argv[:1] + argv[index:index + 2] + argv[1:index] + argv[index + 2:]
+        if token.startswith("--preset="):
+            return argv[:1] + [token] + argv[1:index] + argv[index + 1:]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,18 +11,13 @@ from lorasmith.errors import ConfigError
 
 def resolve_config(config_path: str | None, extra: list[str], preset: str | None = None):
     """Defaults (or a preset), then the file, then `--key value` overrides: the CLI's one recipe."""
-    from lorasmith.config.files import load_config, parse_overrides
-    from lorasmith.config.presets import load_preset
-    from lorasmith.config.schema import TrainConfig, with_values
+    from lorasmith.config.files import parse_overrides
+    from lorasmith.config.sources import resolve_config as resolve
 
-    config = load_preset(preset) if preset else TrainConfig()
-    notes: list[str] = []
-    if config_path:
-        config, notes = load_config(config_path, base=config)
-    config = with_values(config, parse_overrides(extra))
-    for note in notes:
+    resolved = resolve(config_path, parse_overrides(extra), preset)
+    for note in resolved.notes:
         print(f"note: {note}", file=sys.stderr)
-    return config
+    return resolved
 
 
 def add_config_source(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +29,8 @@ def add_config_source(parser: argparse.ArgumentParser) -> None:
 def _plan(args, extra) -> int:
     from lorasmith import api
 
-    config = resolve_config(args.config, extra, args.preset)
-    step_plan = api.plan(config, events=print_event)
+    resolved = resolve_config(args.config, extra, args.preset)
+    step_plan = api.plan(resolved.config, events=print_event, given=resolved.given)
     print("\n".join(step_plan.lines()))
     return 0
 
@@ -46,7 +41,7 @@ def _new(args, extra) -> int:
     path = Path(args.file)
     if path.exists() and not args.force:
         raise ConfigError(f"'{path}' already exists; choose another name or add --force")
-    config = resolve_config(None, extra, args.preset)
+    config = resolve_config(None, extra, args.preset).config
     title = f"lorasmith configuration from the {args.preset} preset" if args.preset else ""
     save_config(config, path, title=title)
     print(f"wrote {path}")
@@ -65,7 +60,7 @@ def _keys(args, extra) -> int:
 def _show(args, extra) -> int:
     from lorasmith.config.files import config_to_toml
 
-    print(config_to_toml(resolve_config(args.config, extra, args.preset)))
+    print(config_to_toml(resolve_config(args.config, extra, args.preset).config))
     return 0
 
 

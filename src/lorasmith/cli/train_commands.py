@@ -110,10 +110,11 @@ def _run(command: list[str], start) -> int:
 def _train(args, extra) -> int:
     from lorasmith import api
 
-    config = resolve_config(args.config, extra, args.preset)
+    resolved = resolve_config(args.config, extra, args.preset)
     command = ["lorasmith", "train", *([args.config] if args.config else []),
                *(["--preset", args.preset] if args.preset else []), *_without_resume(extra)]
-    return _run(command, lambda events, stop: api.train(config, events=events, stop=stop))
+    return _run(command, lambda events, stop: api.train(resolved.config, events=events, stop=stop,
+                                                         given=resolved.given))
 
 
 def _demo(args, extra) -> int:

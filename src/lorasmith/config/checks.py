@@ -23,11 +23,12 @@ _MINIMUMS = {
     "max_data_loader_n_workers": (0, True), "conv_dim": (0, True), "conv_alpha": (0, True),
     "gradient_accumulation_steps": (1, True), "max_grad_norm": (0, True), "keep_tokens": (0, True),
     "clip_skip": (1, True), "min_bucket_reso": (64, True), "max_bucket_reso": (64, True),
-    "bucket_reso_steps": (8, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
+    "bucket_reso_steps": (1, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
     "prior_loss_weight": (0, True), "multires_noise_iterations": (0, True), "multires_noise_discount": (0, True),
     "min_timestep": (0, True), "scale_weight_norms": (0, True), "sample_every_n_epochs": (0, True),
     "sample_every_n_steps": (0, True),
 }
+_OPEN_CHOICES = {"optimizer_type"}  # the list is the GUI's; any name sd-scripts takes is checked by the table
 _FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
               "validation_split": 0.5}
 
@@ -54,14 +55,22 @@ def _check_ranges(config: TrainConfig) -> None:
                           f"got {config.lr_warmup_steps:g}")
     for key, spec in FIELDS.items():
         choices = spec.metadata["choices"]
-        if choices and getattr(config, key) not in choices:
+        if choices and key not in _OPEN_CHOICES and getattr(config, key) not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {getattr(config, key)!r}")
+    from lorasmith.train.optim import optimizer_entry  # the table (no torch import)
+
+    optimizer_entry(config.optimizer_type)
+    if config.adaptive_noise_scale and not config.noise_offset:
+        raise ConfigError("adaptive_noise_scale needs noise_offset (sd-scripts stops here too); set noise_offset "
+                          "(about 10x adaptive_noise_scale) or remove adaptive_noise_scale")
 
 
 def _check_shapes(config: TrainConfig) -> None:
-    width, height = parse_resolution(config.resolution)
-    if width % 64 or height % 64:
-        raise ConfigError(f"resolution must be a multiple of 64 (e.g. 512, 576, 768), got {config.resolution!r}")
+    parse_resolution(config.resolution)  # any size trains, as in sd-scripts: buckets or a crop make it fit
+    if config.enable_bucket and config.bucket_reso_steps % 8:
+        raise ConfigError(f"bucket_reso_steps {config.bucket_reso_steps} does not fit: bucket sides are whole latent "
+                          "pixels, so sd-scripts needs a multiple of 8 and stops here too; 64 is today's default "
+                          "(1 comes from old kohya_ss presets)")
     if config.min_bucket_reso > config.max_bucket_reso:
         raise ConfigError("min_bucket_reso must not be larger than max_bucket_reso")
     if config.max_train_epochs == 0 and config.max_train_steps == 0:
@@ -79,8 +88,12 @@ def _check_paths(config: TrainConfig, for_training: bool) -> None:
         raise ConfigError(f"train_data_dir '{config.train_data_dir}' does not exist; create it or fix the path")
     if config.reg_data_dir and not Path(config.reg_data_dir).expanduser().is_dir():
         raise ConfigError(f"reg_data_dir '{config.reg_data_dir}' does not exist; fix the path or leave it empty")
-    if config.sample_prompts and not Path(config.sample_prompts).expanduser().is_file():
-        raise ConfigError(f"sample_prompts file '{config.sample_prompts}' does not exist")
+    from lorasmith.sampling.prompts import is_prompt_text
+
+    if config.sample_prompts and not is_prompt_text(config.sample_prompts) and \
+            not Path(config.sample_prompts).expanduser().is_file():
+        raise ConfigError(f"sample_prompts file '{config.sample_prompts}' does not exist; give a prompts file, or "
+                          "the prompts themselves")
     if not for_training:
         return
     if not config.pretrained_model_name_or_path:
@@ -108,8 +121,11 @@ def advisory_warnings(config: TrainConfig) -> list[str]:
                         "the tutorial advises alpha <= rank (usually rank / 2)")
     if config.effective_text_encoder_lr > config.learning_rate:
         warnings.append("text_encoder_lr is higher than learning_rate; the tutorial advises half of it or equal")
-    if config.cache_text_encoder_outputs and (not config.network_train_unet_only or config.captions_vary):
-        warnings.append("cache_text_encoder_outputs needs network_train_unet_only and fixed captions; it is ignored")
+    from lorasmith.train.optim import optimizer_entry
+
+    if optimizer_entry(config.optimizer_type).adaptive and config.learning_rate <= 0.1:
+        warnings.append(f"{config.optimizer_type} finds its own step size: learning_rate is a multiplier, usually "
+                        f"1.0 (got {config.learning_rate:g})")
     if config.conv_alpha > config.conv_dim > 0:
         warnings.append("conv_alpha is above conv_dim")
     if config.min_snr_gamma and config.debiased_estimation_loss:

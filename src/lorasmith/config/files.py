@@ -3,7 +3,7 @@
 Our own files are strict: an unknown key is an error that names the closest valid key.
 kohya_ss GUI JSON files (the kind tutorials hand out) are recognised and translated by
 `kohya_ss.py`; the keys that do not apply come back as one note instead of an error. So do
-sd-scripts' own arguments that have no meaning here (`sd_scripts.py`), e.g. `network_module`.
+sd-scripts' own arguments that have no meaning here (`sd_scripts.py`), e.g. `xformers`.
 """
 
 from __future__ import annotations
@@ -59,13 +59,12 @@ def _flatten_tables(values: dict) -> dict:
 
 def load_config(path: str | Path, base: TrainConfig | None = None) -> tuple[TrainConfig, list[str]]:
     """Load a TOML/JSON file (ours, sd-scripts' or kohya_ss GUI's) on top of `base` or the defaults."""
+    from lorasmith.config.sources import apply_length_rule, non_default_keys
+
     values, notes = read_config_values(path)
-    for key in values:
-        if key not in FIELDS:
-            raise unknown_key_error(key, f" in {Path(path).name}")
-    if base is None:
-        return from_dict(values), notes
-    return with_values(base, values), notes
+    from_file = from_dict(values, where=f" in {Path(path).name}")
+    given = frozenset(non_default_keys(from_file))
+    return apply_length_rule(from_file if base is None else with_values(base, values), given), notes
 
 
 def parse_overrides(args: list[str]) -> dict:

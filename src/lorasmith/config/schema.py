@@ -19,8 +19,13 @@ from lorasmith.errors import ConfigError
 MODEL_FAMILIES = ("auto", "sd1", "sd2", "sdxl")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor")
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
+# The usual optimizers, for the GUI's list; train/optim.py takes every name sd-scripts takes (any case, or a
+# module path), so the check is there, not a closed set here.
+OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "Lion", "Lion8bit", "Prodigy", "Adafactor", "DAdaptAdam",
+              "DAdaptLion", "AdamWScheduleFree", "RAdamScheduleFree", "CAME", "SGDNesterov")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+              "adafactor", "piecewise_constant")
+NETWORK_MODULES = ("networks.lora",)  # what lorasmith trains; others are read from configs and refused
 SAMPLERS = ("euler_a", "euler", "ddim", "dpmpp_2m_karras", "dpmpp_2m", "pndm", "lms")
 
 
@@ -83,8 +88,15 @@ class TrainConfig:
         0, "Steps over which the learning rate ramps up from 0; below 1, a fraction of the total steps (0.1: the first 10%).",
         "advanced")
     lr_scheduler_num_cycles: int = _field(1, "Restarts for cosine_with_restarts.", "advanced")
+    lr_scheduler_power: float = _field(1.0, "Power of the polynomial scheduler's decay (1 is linear).", "advanced")
+    lr_scheduler_type: str = _field(
+        "", "A scheduler class instead of lr_scheduler: any of torch.optim.lr_scheduler (e.g. CosineAnnealingLR) "
+        "or module.ClassName, built with lr_scheduler_args.", "advanced")
+    lr_scheduler_args: list = _field(
+        [], "Arguments of the scheduler as 'name=value' strings, e.g. 'T_max=1000'.", "advanced")
     optimizer_type: str = _field(
-        "AdamW", "Optimizer. AdamW8bit saves VRAM on CUDA GPUs (bitsandbytes).", "basic", OPTIMIZERS)
+        "AdamW", "Optimizer (sd-scripts' names, any case). AdamW8bit saves VRAM on CUDA GPUs (bitsandbytes); "
+        "Prodigy and the DAdapt ones find their own step size (learning rate about 1.0).", "basic", OPTIMIZERS)
     optimizer_args: list = _field(
         [], "Extra optimizer arguments as 'name=value' strings, e.g. 'weight_decay=0.01'.", "advanced")
     resolution: str = _field(
@@ -108,8 +120,17 @@ class TrainConfig:
     # --- Advanced parameters ---
     network_train_unet_only: bool = _field(False, "Train only the UNet part of the LoRA.", "advanced")
     network_train_text_encoder_only: bool = _field(False, "Train only the text-encoder part of the LoRA.", "advanced")
+    network_module: str = _field(
+        "networks.lora", "sd-scripts' network module: networks.lora (LoRA, and LoCon with conv_dim) is what "
+        "lorasmith trains; others (lycoris.kohya, networks.lora_flux, ...) are read from configs and refused "
+        "by train.", "advanced")
+    network_args: list = _field(
+        [], "Further network settings as 'name=value' strings, as sd-scripts' network_args (conv_dim and "
+        "conv_alpha there become the keys below).", "advanced")
     conv_dim: int = _field(0, "Rank of LoRA on 3x3 convolutions (LoCon); 0 leaves them out.", "advanced")
-    conv_alpha: float = _field(0, "Alpha of the 3x3 convolution LoRA; 0 means the same as conv_dim.", "advanced")
+    conv_alpha: float = _field(
+        1.0, "Alpha of the 3x3 convolution LoRA (scale = conv_alpha / conv_dim); 1 unless set, as in sd-scripts; "
+        "0 means the same as conv_dim.", "advanced")
     network_dropout: float = _field(0.0, "Dropout on the LoRA's down projection (0 to 1).", "advanced")
     scale_weight_norms: float = _field(
         0.0, "Keep each LoRA module's weight change at most this norm (1.0 is usual), against overfitting; "
@@ -143,6 +164,9 @@ class TrainConfig:
     bucket_reso_steps: int = _field(64, "Bucket sides are multiples of this.", "advanced")
     bucket_no_upscale: bool = _field(False, "Never upscale small images to fill a bucket.", "advanced")
     noise_offset: float = _field(0.0, "Offset noise (about 0.05-0.1) for darker darks and brighter brights.", "advanced")
+    adaptive_noise_scale: float = _field(
+        0.0, "Adds to noise_offset this times each latent channel's mean (about noise_offset / 10); needs "
+        "noise_offset.", "advanced")
     min_snr_gamma: float = _field(0.0, "Min-SNR loss weighting gamma (5 is usual); 0 turns it off.", "advanced")
     debiased_estimation_loss: bool = _field(
         False, "Weight the loss by 1/sqrt(SNR) (debiased estimation), another answer to Min-SNR's problem.",
@@ -166,7 +190,9 @@ class TrainConfig:
 
     # --- Samples and validation ---
     sample_prompts: str = _field(
-        "", "A prompts file (sd-scripts syntax: --n negative, --w/--h size, --s steps, --l CFG, --d seed).", "samples")
+        "", "A prompts file (sd-scripts syntax: --n negative, --w/--h size, --s steps, --l CFG, --d seed), or the "
+        "prompts themselves, one per line (written to <output_dir>/sample/prompt.txt, as the kohya_ss GUI does).",
+        "samples")
     sample_every_n_epochs: int = _field(0, "Make sample images every N epochs; 0 turns it off.", "samples")
     sample_every_n_steps: int = _field(0, "Make sample images every N steps; 0 turns it off.", "samples")
     sample_sampler: str = _field("euler_a", "Sampler used for the sample images.", "samples", SAMPLERS)
@@ -286,6 +312,24 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 
+# network_args entries that are keys of their own here (sd-scripts' networks.lora reads them from network_args)
+_LIFTED_NETWORK_ARGS = ("conv_dim", "conv_alpha")
+
+
+def _lift_network_args(kwargs: dict) -> dict:
+    """network_args = ["conv_dim=8", "conv_alpha=4"] -> conv_dim 8, conv_alpha 4 (the rest stays in the list)."""
+    if not kwargs.get("network_args"):
+        return kwargs
+    kept = []
+    for item in kwargs["network_args"]:
+        name, sep, value = item.partition("=")
+        if sep and name.strip() in _LIFTED_NETWORK_ARGS:
+            kwargs[name.strip()] = parse_value(name.strip(), value.strip())
+        else:
+            kept.append(item)
+    return {**kwargs, "network_args": kept}
+
+
 def from_dict(values: dict, where: str = "") -> TrainConfig:
     """Build a configuration from key -> value; unknown keys and wrong types are errors."""
     kwargs = {}
@@ -293,7 +337,7 @@ def from_dict(values: dict, where: str = "") -> TrainConfig:
         if key not in FIELDS:
             raise unknown_key_error(key, where)
         kwargs[key] = parse_value(key, value)
-    return TrainConfig(**kwargs)
+    return TrainConfig(**_lift_network_args(kwargs))
 
 
 def to_dict(config: TrainConfig) -> dict:
@@ -302,4 +346,4 @@ def to_dict(config: TrainConfig) -> dict:
 
 def with_values(config: TrainConfig, values: dict) -> TrainConfig:
     """A copy of `config` with `values` (key -> raw value) parsed and applied."""
-    return dataclasses.replace(config, **{k: parse_value(k, v) for k, v in values.items()})
+    return dataclasses.replace(config, **_lift_network_args({k: parse_value(k, v) for k, v in values.items()}))

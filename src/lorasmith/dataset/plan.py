@@ -108,10 +108,10 @@ def rules_of_thumb(config: TrainConfig, image_count: int) -> list[str]:
 
 
 def epochs_and_steps(steps_per_epoch: int, max_epochs: int, max_steps: int) -> tuple[int, int]:
-    """Epochs decide, capped by max_train_steps; with epochs 0, the steps decide (as sd-scripts)."""
+    """As sd-scripts: max_train_epochs, when set, decides (max_train_steps then has no effect); with epochs 0,
+    the steps decide."""
     if max_epochs > 0:
-        total = steps_per_epoch * max_epochs
-        return max_epochs, min(total, max_steps) if max_steps > 0 else total
+        return max_epochs, steps_per_epoch * max_epochs
     return math.ceil(max_steps / max(steps_per_epoch, 1)), max_steps
 
 
@@ -127,8 +127,8 @@ def plan_steps(config: TrainConfig, train: Dataset, reg: Dataset | None = None,
     epochs, total = epochs_and_steps(steps_per_epoch, config.max_train_epochs, config.max_train_steps)
     reg_factor = 2 if reg else 1
     gui_steps = math.ceil(train.samples_per_epoch / batch / accum * config.max_train_epochs * reg_factor)
-    if config.max_train_steps > 0:  # a step limit caps both counts alike (or alone decides them)
-        gui_steps = min(gui_steps, config.max_train_steps) if config.max_train_epochs > 0 else config.max_train_steps
+    if config.max_train_epochs == 0:  # the steps decide, in the GUI as here
+        gui_steps = config.max_train_steps
     folders = [FolderLine(s.folder.name, len(s.images), s.repeats, d.is_reg) for d in datasets for s in d.subsets]
     bucket_counts: dict = {}
     for path in bucket_of:

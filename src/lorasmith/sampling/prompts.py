@@ -106,6 +106,34 @@ def read_prompts_file(path: str | Path) -> list[SamplePrompt]:
     return prompts
 
 
+def is_prompt_text(value: str) -> bool:
+    """Whether sample_prompts holds the prompts themselves (as the kohya_ss GUI stores them), not a file name."""
+    text = value.strip()
+    if not text:
+        return False
+    if "\n" in text or " --" in text:
+        return True
+    looks_like_path = any(sep in text for sep in "/\\") or Path(text).suffix.lower() in (".txt", ".toml", ".json")
+    return not looks_like_path
+
+
+def run_prompts_file(sample_prompts: str, output_dir: Path) -> Path:
+    """The prompts file a run samples from: the file named, or the prompts text written to
+    `<output_dir>/sample/prompt.txt` as the kohya_ss GUI does (another name if that file holds other prompts)."""
+    if not is_prompt_text(sample_prompts):
+        return Path(sample_prompts).expanduser()
+    from lorasmith.config.files import write_text_atomically
+
+    text = sample_prompts.strip() + "\n"
+    folder = output_dir / "sample"
+    for index in range(1, 1000):
+        path = folder / ("prompt.txt" if index == 1 else f"prompt-{index}.txt")
+        if not path.exists() or path.read_text(encoding="utf-8", errors="replace") == text:
+            write_text_atomically(path, text)
+            return path
+    raise ToolError(f"{folder} holds too many prompt files; remove some")
+
+
 def with_defaults(prompt: SamplePrompt, **values) -> SamplePrompt:
     """A copy with the given fields set where the prompt left them None."""
     return replace(prompt, **{k: v for k, v in values.items() if getattr(prompt, k) is None})

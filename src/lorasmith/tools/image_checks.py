@@ -2,7 +2,9 @@
 
 One decode per image gives everything: Pillow's `verify()` (structure, checksums) then a full
 `load()` (catches truncated pixel data that `verify()` lets through), the size, a sha256 of the
-file's bytes (exact duplicates) and imagehash's perceptual hash (near duplicates).
+file's bytes (exact duplicates) and imagehash's perceptual and colour hashes (near duplicates: the
+perceptual hash sees only the brightness pattern, so a red and a blue image of the same shapes share it;
+the colour hash tells them apart).
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ class ImageFacts:
     reason: str = ""  # Pillow's words
     sha256: str = ""
     phash: int | None = None  # 64-bit perceptual hash as an int
+    colour_hash: int | None = None  # imagehash.colorhash (binbits 3: 42 bits) as an int
     orientation: int = 1  # EXIF orientation: 1 upright; 3, 6, 8 (and mirrored 2, 4, 5, 7) shown turned
 
 
 _EXIF_ORIENTATION = 0x0112
+COLOUR_BINBITS = 3
+# Colour-hash bits two copies of one picture may differ in (a re-encode, a slight crop); a change of colour
+# moves whole bins (red against blue: 6 bits).
+MAX_COLOUR_DISTANCE = 3
 
 
 def _reason(error: Exception) -> str:
@@ -51,13 +58,15 @@ def inspect_image(path: Path) -> ImageFacts:
         with Image.open(path) as image:  # verify() leaves the image unusable: open it again
             image.load()
             size = image.size
-            phash = int(str(imagehash.phash(image.convert("RGB"))), 16)
+            rgb = image.convert("RGB")
+            phash = int(str(imagehash.phash(rgb)), 16)
+            colour_hash = int(str(imagehash.colorhash(rgb, binbits=COLOUR_BINBITS)), 16)
             orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception as error:
         # verify() passed, so the structure is fine and the pixel data stops short
         reason = _reason(error)
         return ImageFacts(path, problem="truncated", reason=reason, sha256=digest)
-    return ImageFacts(path, size=size, sha256=digest, phash=phash, orientation=orientation)
+    return ImageFacts(path, size=size, sha256=digest, phash=phash, colour_hash=colour_hash, orientation=orientation)
 
 
 def exact_duplicates(facts: list[ImageFacts]) -> list[list[Path]]:
@@ -69,12 +78,13 @@ def exact_duplicates(facts: list[ImageFacts]) -> list[list[Path]]:
 
 
 def near_duplicates(facts: list[ImageFacts], max_distance: int) -> list[tuple[Path, Path, int]]:
-    """Pairs whose perceptual hashes differ in at most `max_distance` of 64 bits (byte-identical
-    pairs are left to `exact_duplicates`)."""
+    """Pairs whose perceptual hashes differ in at most `max_distance` of 64 bits and whose colours match
+    (byte-identical pairs are left to `exact_duplicates`)."""
     hashed = [fact for fact in facts if fact.phash is not None]
     pairs = []
     for a, b in combinations(hashed, 2):
         distance = (a.phash ^ b.phash).bit_count()
-        if distance <= max_distance and a.sha256 != b.sha256:
+        colours = (a.colour_hash ^ b.colour_hash).bit_count()
+        if distance <= max_distance and colours <= MAX_COLOUR_DISTANCE and a.sha256 != b.sha256:
             pairs.append((a.path, b.path, distance))
     return pairs

@@ -27,6 +27,7 @@ class NoiseRecipe:
     """How training noise and timesteps are drawn; the fields are sd-scripts' options of the same names."""
 
     noise_offset: float = 0.0
+    adaptive_noise_scale: float = 0.0
     multires_noise_iterations: int = 0
     multires_noise_discount: float = 0.3
     min_timestep: int = 0
@@ -34,8 +35,8 @@ class NoiseRecipe:
 
     @classmethod
     def from_config(cls, config) -> "NoiseRecipe":
-        return cls(config.noise_offset, config.multires_noise_iterations, config.multires_noise_discount,
-                   config.min_timestep, config.max_timestep)
+        return cls(config.noise_offset, config.adaptive_noise_scale, config.multires_noise_iterations,
+                   config.multires_noise_discount, config.min_timestep, config.max_timestep)
 
 
 def draw_noise(latents: torch.Tensor, num_train_timesteps: int, generator: torch.Generator,
@@ -44,7 +45,11 @@ def draw_noise(latents: torch.Tensor, num_train_timesteps: int, generator: torch
     batch, channels = latents.shape[:2]
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
     if recipe.noise_offset:
-        noise = noise + recipe.noise_offset * torch.randn((batch, channels, 1, 1), generator=generator)
+        offset = torch.full((batch, channels, 1, 1), float(recipe.noise_offset))
+        if recipe.adaptive_noise_scale:  # sd-scripts' apply_noise_offset: more offset where a channel's mean is far from 0
+            mean = latents.detach().float().cpu().mean(dim=(2, 3), keepdim=True)
+            offset = (offset + recipe.adaptive_noise_scale * mean.abs()).clamp(min=0)
+        noise = noise + offset * torch.randn((batch, channels, 1, 1), generator=generator)
     if recipe.multires_noise_iterations:
         noise = pyramid_noise(noise, generator, recipe.multires_noise_iterations, recipe.multires_noise_discount)
     high = min(recipe.max_timestep or num_train_timesteps, num_train_timesteps)

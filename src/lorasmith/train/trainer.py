@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from lorasmith.events import EventSink, FileWritten, Message, Progress, ignore_e
 from lorasmith.models.text import encode_tokens, tokenize
 from lorasmith.train import run as files
 from lorasmith.train.batches import CaptionRules, collate
-from lorasmith.train.optim import build_optimizer, build_scheduler
+from lorasmith.train.optim import build_optimizer, build_scheduler, optimizer_entry, scheduler_settings
 from lorasmith.train.setup import (
     TrainingData, allow_new_mixed_precision, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training,
     weight_dtype,
@@ -89,8 +90,9 @@ class Trainer:
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
         optimizer = build_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
         self.total_steps = self._total_steps()
-        self.scheduler = build_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps,
-                                         self.total_steps, config.lr_scheduler_num_cycles)
+        self.scheduler = build_scheduler(scheduler_settings(config), optimizer, self.total_steps, config.optimizer_type,
+                                         config.learning_rate, tuple(config.optimizer_args))
+        self.schedule_free = optimizer_entry(config.optimizer_type).schedule_free
         modules = [base.unet] + (list(base.text_encoders) if spec.train_text_encoder else [])
         prepared = accelerator.prepare(*modules, optimizer)
         self.modules, self.optimizer = list(prepared[:-1]), prepared[-1]
@@ -110,6 +112,10 @@ class Trainer:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.record.write()
+            if config.sample_prompts:
+                from lorasmith.sampling.prompts import run_prompts_file
+
+                self.prompts_file = run_prompts_file(config.sample_prompts, self.output_dir)
             accelerator.init_trackers(config.output_name)
 
     def _total_steps(self) -> int:
@@ -362,11 +368,26 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}[self.config.save_precision]
-        save_lora_file(path, self.network.kohya_state_dict(dtype), self._metadata(epoch, step))
+        with self._averaged_weights():
+            tensors = self.network.kohya_state_dict(dtype)
+        save_lora_file(path, tensors, self._metadata(epoch, step))
         self.result.files.append(str(path))
         self.record.add_file(path, epoch, step, kind)
         self.record.write()
         self.events(FileWritten(str(path), "lora"))
+
+    @contextmanager
+    def _averaged_weights(self):
+        """A schedule-free optimizer trains at one point and keeps its averaged weights at another: saving and
+        sampling see the averaged ones, as sd-scripts does (optimizer.eval(), then train() again)."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds it
+        if self.schedule_free:
+            optimizer.eval()
+        try:
+            yield
+        finally:
+            if self.schedule_free:
+                optimizer.train()
 
     def _save_state(self, folder: Path) -> None:
         if not self.accelerator.is_main_process:
@@ -404,10 +425,11 @@ class Trainer:
         from lorasmith.sampling.prompts import read_prompts_file
 
         self.base.vae.to(self.accelerator.device)
-        written = sample_during_training(self.base, read_prompts_file(self.config.sample_prompts),
-                                         self.output_dir, self.config.output_name, epoch, step,
-                                         self.config.sample_sampler, clip_skip=self.config.clip_skip,
-                                         events=self.events)
+        with self._averaged_weights():
+            written = sample_during_training(self.base, read_prompts_file(self.prompts_file),
+                                             self.output_dir, self.config.output_name, epoch, step,
+                                             self.config.sample_sampler, clip_skip=self.config.clip_skip,
+                                             events=self.events)
         for path in written:
             self.events(FileWritten(str(path), "sample"))
         if self.cache is not None:

@@ -94,8 +94,8 @@ def test_plan_matches_the_kohya_gui_arithmetic(make_dataset, tmp_path):
     # gradient accumulation and max_train_steps
     accumulated = plan_steps(with_values(config, {"gradient_accumulation_steps": 4}), scan_dataset(root))
     assert accumulated.total_steps == 4 * 5
-    capped = plan_steps(with_values(config, {"max_train_steps": 7}), scan_dataset(root))
-    assert capped.total_steps == 7 == capped.gui_arithmetic_steps
+    epochs_win = plan_steps(with_values(config, {"max_train_steps": 7}), scan_dataset(root))  # as in sd-scripts
+    assert epochs_win.total_steps == 80 == epochs_win.gui_arithmetic_steps
     steps_decide = plan_steps(with_values(config, {"max_train_epochs": 0, "max_train_steps": 30}), scan_dataset(root))
     assert (steps_decide.epochs, steps_decide.total_steps) == (2, 30)
     assert not any("arithmetic gives" in line for line in steps_decide.lines())  # no "gives 0" beside it

@@ -26,9 +26,12 @@ def test_spec_errors_name_the_field(kwargs, field):
 def test_spec_from_config_and_alpha_zero_means_rank():
     from lorasmith.config.schema import TrainConfig
 
-    spec = LoraSpec.from_config(TrainConfig(network_dim=8, network_alpha=0, conv_dim=4, network_train_unet_only=True))
+    spec = LoraSpec.from_config(TrainConfig(network_dim=8, network_alpha=0, conv_dim=4, conv_alpha=0,
+                                            network_train_unet_only=True))
     assert (spec.rank, spec.effective_alpha, spec.conv_rank, spec.effective_conv_alpha) == (8, 8.0, 4, 4.0)
     assert spec.train_unet and not spec.train_text_encoder
+    # an unset conv_alpha is 1, as in sd-scripts' networks.lora (not conv_dim)
+    assert LoraSpec.from_config(TrainConfig(conv_dim=4)).effective_conv_alpha == 1.0
 
 
 def test_untrained_lora_is_a_no_op_and_base_is_frozen(tiny):

@@ -57,6 +57,19 @@ def test_each_problem_is_reported_and_nothing_changes(sick):
     assert file_hashes(sick) == before
 
 
+def test_plain_images_of_different_colours_are_not_near_duplicates(tmp_path):
+    folder = tmp_path / "train" / "10_mychar"
+    folder.mkdir(parents=True)
+    for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220)), ("red2", (215, 25, 22))):
+        Image.new("RGB", (128, 128), colour).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text("mychar")
+    report = doctor_dataset(tmp_path / "train", resolution="64,64", min_bucket_reso=32, max_bucket_reso=128,
+                            bucket_reso_steps=32)
+    pairs = [finding.message for finding in report.of_kind("near_duplicate")]
+    # the same perceptual hash for all three (flat images); only the two reds share their colours too
+    assert len(pairs) == 1 and "red.png" in pairs[0] and "red2.png" in pairs[0], pairs
+
+
 def test_buckets_and_advice(sick):
     report = doctor_dataset(sick, resolution="64,64", min_bucket_reso=32, max_bucket_reso=128,
                             bucket_reso_steps=32)

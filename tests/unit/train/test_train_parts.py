@@ -9,7 +9,9 @@ import torch
 
 from lorasmith.dataset.captions import prepare_caption, tag_frequency
 from lorasmith.errors import ConfigError, TrainingError
-from lorasmith.train.optim import build_optimizer, build_scheduler, parse_optimizer_args, warmup_step_count
+from lorasmith.train.optim import (
+    SchedulerSettings, build_optimizer, build_scheduler, optimizer_entry, parse_optimizer_args, warmup_step_count,
+)
 from lorasmith.train.step import NoiseRecipe, draw_noise, min_snr_weights
 
 
@@ -17,13 +19,17 @@ def params():
     return [torch.nn.Parameter(torch.ones(4, 4))]
 
 
-@pytest.mark.parametrize("name", ["AdamW", "Lion", "Prodigy", "Adafactor"])
+@pytest.mark.parametrize("name", ["AdamW", "Lion", "Prodigy", "Adafactor", "DAdaptAdam", "dadaptlion",
+                                  "DAdaptation", "AdamWScheduleFree", "RAdamScheduleFree", "CAME", "SGDNesterov",
+                                  "torch.optim.RMSprop"])
 def test_each_optimizer_builds_and_steps(name):
     weights = params()
-    optimizer = build_optimizer(name, [{"params": weights, "lr": 1e-2}], 1e-2, [])
-    weights[0].grad = torch.ones(4, 4)
-    optimizer.step()
-    assert not torch.equal(weights[0].detach(), torch.ones(4, 4))
+    lr = 1.0 if optimizer_entry(name).adaptive else 1e-2  # the D-Adaptation family: lr is a multiplier
+    optimizer = build_optimizer(name, [{"params": weights, "lr": lr}], lr, [])
+    for _ in range(10):  # RAdam-style and D-Adaptation optimizers move little or nothing at first
+        weights[0].grad = weights[0].detach() * 2  # the gradient of sum(w^2)
+        optimizer.step()
+    assert weights[0].detach().sum() < 16  # went downhill
 
 
 def test_adamw8bit_on_cpu_says_what_to_do():
@@ -31,6 +37,60 @@ def test_adamw8bit_on_cpu_says_what_to_do():
         pytest.skip("this machine has CUDA")
     with pytest.raises(TrainingError, match="needs a CUDA GPU .* use AdamW"):
         build_optimizer("AdamW8bit", [{"params": params()}], 1e-4, [])
+
+
+@pytest.mark.parametrize("name", ["PagedAdamW8bit", "Lion8bit", "SGDNesterov8bit"])
+def test_bitsandbytes_optimizers_name_cuda_when_there_is_none(name):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(TrainingError, match=f"optimizer_type {name} needs a CUDA GPU"):
+        build_optimizer(name, [{"params": params()}], 1e-4, [])
+
+
+def test_a_missing_package_or_an_unknown_name_is_one_line_naming_it():
+    with pytest.raises(TrainingError, match="optimizer_type no_such_pkg.FancyOpt needs the no-such-pkg package"):
+        build_optimizer("no_such_pkg.FancyOpt", [{"params": params()}], 1e-4, [])
+    with pytest.raises(ConfigError, match="optimizer_type 'DAdaptAdamm' is not known; use one of"):
+        build_optimizer("DAdaptAdamm", [{"params": params()}], 1e-4, [])
+
+
+def test_adafactor_follows_sd_scripts_relative_step_default_and_its_schedule():
+    weights = params()
+    relative = build_optimizer("Adafactor", [{"params": weights, "lr": 5e-5}], 1e-4, [])
+    assert relative.defaults["relative_step"] and relative.param_groups[0]["lr"] is None
+    scheduler = build_scheduler(SchedulerSettings("constant"), relative, 100, "Adafactor", 1e-4)
+    assert type(scheduler).__name__ == "AdafactorSchedule"
+    fixed = build_optimizer("Adafactor", [{"params": params(), "lr": 5e-5}], 1e-4,
+                            ["scale_parameter=False", "relative_step=False", "warmup_init=False"])
+    assert fixed.param_groups[0]["lr"] == 5e-5
+    named = build_scheduler(SchedulerSettings("adafactor"), fixed, 100, "Adafactor", 1e-4,
+                            ("relative_step=False",))  # the presets' pairing: a fixed rate under its schedule
+    assert type(named).__name__ == "AdafactorSchedule"
+    with pytest.raises(ConfigError, match="lr_scheduler adafactor .* optimizer_type Adafactor"):
+        build_scheduler(SchedulerSettings("adafactor"), torch.optim.SGD(params(), lr=1.0), 100, "AdamW")
+
+
+def test_polynomial_power_custom_scheduler_types_and_schedule_free():
+    def rates(scheduler, optimizer, steps=100):
+        seen = []
+        for _ in range(steps):
+            seen.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    optimizer = torch.optim.SGD(params(), lr=1.0)
+    squared = rates(build_scheduler(SchedulerSettings("polynomial", power=2.0), optimizer, 100), optimizer)
+    assert squared[50] == pytest.approx((1 - 50 / 100) ** 2, rel=0.05)
+    optimizer = torch.optim.SGD(params(), lr=1.0)
+    custom = build_scheduler(SchedulerSettings(custom_type="CosineAnnealingLR", args=("T_max=10", "eta_min=0e-0")),
+                             optimizer, 100)
+    assert type(custom).__name__ == "CosineAnnealingLR" and rates(custom, optimizer, 11)[10] == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="lr_scheduler_type 'NoSuchLR' is not a scheduler class"):
+        build_scheduler(SchedulerSettings(custom_type="NoSuchLR"), optimizer, 100)
+    free = build_optimizer("AdamWScheduleFree", [{"params": params()}], 1e-3, [])
+    flat = build_scheduler(SchedulerSettings("cosine"), free, 100, "AdamWScheduleFree")
+    assert set(rates(flat, free, 20)) == {1e-3}  # schedule-free: the schedule is its own
 
 
 def test_optimizer_args_are_parsed_and_checked():
@@ -49,7 +109,7 @@ def test_optimizer_args_are_parsed_and_checked():
 ])
 def test_schedulers_warm_up_and_decay(name, at_10, at_end):
     optimizer = torch.optim.SGD(params(), lr=1.0)
-    scheduler = build_scheduler(name, optimizer, warmup_steps=10, total_steps=100, num_cycles=2)
+    scheduler = build_scheduler(SchedulerSettings(name, warmup_steps=10, num_cycles=2), optimizer, total_steps=100)
     lrs = []
     for _ in range(100):
         lrs.append(scheduler.get_last_lr()[0])
@@ -66,7 +126,7 @@ def test_schedulers_warm_up_and_decay(name, at_10, at_end):
 def test_warmup_below_one_is_a_fraction_of_the_total_steps():
     assert warmup_step_count(0.1, 200) == 20 and warmup_step_count(50, 200) == 50 and warmup_step_count(0, 200) == 0
     optimizer = torch.optim.SGD(params(), lr=1.0)
-    scheduler = build_scheduler("constant_with_warmup", optimizer, warmup_steps=0.25, total_steps=40)
+    scheduler = build_scheduler(SchedulerSettings("constant_with_warmup", warmup_steps=0.25), optimizer, total_steps=40)
     lrs = []
     for _ in range(12):
         lrs.append(scheduler.get_last_lr()[0])

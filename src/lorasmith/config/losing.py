@@ -1,0 +1,120 @@
+"""Settings the user gave that lose to another, or that lorasmith reads but cannot honour.
+
+`losing_settings` gives one line per setting that is overridden or has no effect, naming both keys
+and how to get what was asked; `plan` and `train` print them. `unhonoured_settings` lists what
+would make lorasmith train something other than what the file asks for (a network type it does not
+train yet): `plan` shows them as notes and `train` refuses with the first one.
+"""
+
+from __future__ import annotations
+
+from lorasmith.config.schema import TrainConfig
+
+TRAINED_NETWORK_MODULE = "networks.lora"
+
+# network_module -> what users call it, for the refusal line
+_NETWORK_NAMES = {
+    "lycoris.kohya": "LyCORIS",
+    "networks.lora_flux": "Flux.1 LoRA",
+    "networks.oft_flux": "Flux.1 OFT",
+    "networks.dylora": "DyLoRA",
+    "networks.lora_fa": "LoRA-FA",
+    "networks.loha": "kohya's LoHa",
+    "networks.lokr": "kohya's LoKr",
+    "networks.lora_sd3": "SD3 LoRA",
+}
+
+
+def _network_args(config: TrainConfig) -> dict[str, str]:
+    pairs = (item.partition("=") for item in config.network_args)
+    return {name.strip(): value.strip() for name, _, value in pairs}
+
+
+def unhonoured_settings(config: TrainConfig) -> list[str]:
+    """What lorasmith cannot train as asked; `train` stops with the first line."""
+    module, args = config.network_module.strip(), _network_args(config)
+    if module != TRAINED_NETWORK_MODULE:
+        name = _NETWORK_NAMES.get(module, f"network_module {module}")
+        if module == "lycoris.kohya":
+            name += f" {args.get('algo', 'lora')}"
+        return [f"{name} (network_module {module}) is not trained by lorasmith yet; it trains networks.lora (LoRA, "
+                "and LoCon with conv_dim): set network_module networks.lora (kohya_ss LoRA_type Standard or "
+                "Kohya LoCon) to train that instead"]
+    return [f"network_args {name}={value} is not trained by lorasmith yet (sd-scripts' networks.lora reads it); "
+            "remove it to train without it" for name, value in args.items() if name != "dropout"]
+
+
+def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> list[str]:
+    """One line for each setting in `given` that another setting overrides or that has no effect."""
+    from lorasmith.train.optim import adafactor_relative_step, optimizer_entry
+
+    c, lines = config, []
+
+    def loses(key: str, why: str) -> None:
+        if key in given:
+            lines.append(f"{key} {_shown(getattr(c, key))} has no effect: {why}")
+
+    if c.max_train_epochs > 0 and c.max_train_steps > 0:
+        loses("max_train_steps", f"max_train_epochs {c.max_train_epochs} decides the length (as in sd-scripts); "
+                                 f"set max_train_epochs 0 to train {c.max_train_steps} steps")
+    if c.network_train_unet_only:
+        loses("text_encoder_lr", "network_train_unet_only trains no text encoder; turn it off to train one")
+    if c.network_train_text_encoder_only:
+        loses("unet_lr", "network_train_text_encoder_only trains no UNet; turn it off to train the UNet")
+    entry = optimizer_entry(c.optimizer_type)
+    relative = adafactor_relative_step(c.optimizer_type, c.optimizer_args)
+    if relative:
+        why = (f"Adafactor with relative_step (sd-scripts' default) sets its own rates and schedule; give "
+               f"optimizer_args relative_step=False scale_parameter=False warmup_init=False for a fixed rate")
+        for key in ("unet_lr", "text_encoder_lr"):
+            loses(key, why)
+        if c.lr_scheduler != "adafactor":
+            loses("lr_scheduler", why)
+    elif c.unet_lr is not None and c.text_encoder_lr is not None and not c.network_train_unet_only:
+        loses("learning_rate", "unet_lr and text_encoder_lr set the rate of each part")
+    if entry.schedule_free and c.lr_scheduler != "constant":
+        loses("lr_scheduler", f"{c.optimizer_type} is schedule-free and needs no scheduler")
+    if c.lr_scheduler_type:
+        loses("lr_scheduler", f"lr_scheduler_type {c.lr_scheduler_type} replaces it")
+    if c.lr_warmup_steps and c.lr_scheduler in ("constant", "adafactor") and not c.lr_scheduler_type:
+        loses("lr_warmup_steps", f"lr_scheduler {c.lr_scheduler} has no warm-up; use constant_with_warmup")
+    if c.lr_scheduler != "cosine_with_restarts":
+        loses("lr_scheduler_num_cycles", "only lr_scheduler cosine_with_restarts restarts")
+    if c.lr_scheduler != "polynomial":
+        loses("lr_scheduler_power", "only lr_scheduler polynomial uses a power")
+    if not c.sample_prompts:
+        for key in ("sample_every_n_epochs", "sample_every_n_steps", "sample_sampler"):
+            loses(key, "sample_prompts is not set; set it to a prompts file to make samples")
+    elif not (c.sample_every_n_epochs or c.sample_every_n_steps):
+        loses("sample_prompts", "neither sample_every_n_epochs nor sample_every_n_steps is set; set one to make "
+                                "samples")
+    if c.cache_text_encoder_outputs:
+        if not c.network_train_unet_only:
+            loses("cache_text_encoder_outputs", "the text encoder is trained, so its outputs change; set "
+                                                "network_train_unet_only to cache them")
+        elif c.captions_vary:
+            loses("cache_text_encoder_outputs", "shuffle_caption or caption dropout changes the captions each "
+                                                "step; turn those off to cache them")
+    if c.keep_tokens and not (c.shuffle_caption or c.caption_tag_dropout_rate):
+        loses("keep_tokens", "only shuffle_caption and caption_tag_dropout_rate move or drop tags")
+    if not c.multires_noise_iterations:
+        loses("multires_noise_discount", "multires_noise_iterations is 0; set it (6-10) for multi-resolution noise")
+    if not c.conv_dim:
+        loses("conv_alpha", "conv_dim is 0, so no convolution is trained; set conv_dim for LoCon")
+    if not c.save_every_n_epochs:
+        loses("save_last_n_epochs", "save_every_n_epochs is 0, so no epoch files are written")
+    if not c.enable_bucket:
+        for key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale"):
+            loses(key, "enable_bucket is off; every image is cropped to the resolution")
+    if "dropout" in _network_args(c):
+        lines.append("network_args dropout has no effect (sd-scripts' networks.lora ignores it too); use "
+                     "network_dropout")
+    return lines
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
