@@ -169,14 +169,28 @@ def resolve_resume(config: TrainConfig, events: EventSink = ignore_events) -> Tr
     return replace(config, resume=str(folder))
 
 
-def resumable_state(config: TrainConfig) -> str | None:
-    """The state `resume = "auto"` would continue from, for the GUI to offer after a crash or a pause."""
-    from lorasmith.train.state import find_resume_state
+def resumable_run(config: TrainConfig) -> dict | None:
+    """A run of this output_dir/output_name that did not finish (paused, stopped, crashed, the machine went
+    down) and the state `resume = "auto"` would continue it from: {"state", "step", "status"}, or None."""
+    import json
+
+    from lorasmith.train.run import read_record, record_path
+    from lorasmith.train.state import STATE_FILE, find_resume_state
 
     if not config.output_dir:
         return None
-    folder, _ = find_resume_state(Path(config.output_dir).expanduser(), config.output_name)
-    return str(folder) if folder else None
+    output_dir = Path(config.output_dir).expanduser()
+    try:
+        status = read_record(record_path(output_dir, config.output_name)).status
+    except Exception:  # no run record, or not one of ours: nothing to offer
+        return None
+    if status == "finished":
+        return None
+    folder, _ = find_resume_state(output_dir, config.output_name)
+    if folder is None:
+        return None
+    step = json.loads((folder / STATE_FILE).read_text())["step"]
+    return {"state": str(folder), "step": step, "status": "crashed" if status == "running" else status}
 
 
 def _hash_checkpoint_early(path: str, vae_path: str = ""):

@@ -25,6 +25,8 @@ def until_stopped(config, events, stop, pause) -> None:
         events(Progress("train", step, 600, {"loss": 0.5}))
         time.sleep(0.05)
     events(FileWritten(f"{config.output_dir}/{config.output_name}-step{step}.safetensors", "lora"))
+    if pause.is_set():
+        events(FileWritten(f"{config.output_dir}/{config.output_name}-step{step:08d}-state", "state"))
 
 
 def user_mistake(config, events, stop, pause) -> None:
@@ -33,3 +35,15 @@ def user_mistake(config, events, stop, pause) -> None:
 
 def bug(config, events, stop, pause) -> None:
     raise ZeroDivisionError("division by zero")
+
+
+def until_stopped_then_write(config, events, stop, pause) -> None:
+    """Like until_stopped, but leaves files a test can see with the GUI process gone: started, then saved."""
+    from pathlib import Path
+
+    out = Path(config.output_dir)
+    (out / "started").write_text("")
+    deadline = time.monotonic() + 120
+    while not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (out / "saved").write_text("stop" if stop.is_set() else "timeout")

@@ -142,3 +142,36 @@ def test_the_other_tabs_open(page, tab):
     page.get_by_role("tab", name=tab, exact=True).click()
     expect(page.get_by_role("tab", name="Training")).to_be_hidden()
     screenshot(page, tab.lower())
+
+
+def test_pause_then_resume_from_the_page_after_a_reload(page, gui_dirs):
+    page.locator("#load-demo").click()  # the earlier demo run is replaced
+    expect(page.locator("#config-status")).to_contain_text("Demo loaded")
+    expect(page.locator("#step-plan")).to_contain_text("Total steps: 160", timeout=60_000)
+    page.locator("#start-training").click()
+    expect(page.locator("#run-status")).to_contain_text("Training started")
+    # "Training:" is this run's label (the panel shows the earlier run's last state until this one reports)
+    expect(page.locator("#run-progress")).to_contain_text(re.compile(r"Training: train step [1-9]"), timeout=90_000)
+    page.locator("#pause-training").click()
+    expect(page.locator("#run-status")).to_contain_text("Pause requested")
+    expect(page.locator("#run-progress")).to_contain_text("Paused: the LoRA and the training state were saved",
+                                                          timeout=60_000)
+    page.reload()  # as after a crash or a reboot: the page finds the run and offers to go on
+    offer = page.locator("#resume-offer")
+    expect(offer).to_contain_text(re.compile(r"was paused at step \d+; its training state smithy-step\d+-state"),
+                                  timeout=60_000)
+    screenshot(page, "training-paused")
+    page.locator("#resume-training").click()
+    expect(page.locator("#run-status")).to_contain_text(re.compile(r"Resuming from smithy-step\d+-state"))
+    expect(page.locator("#run-progress")).to_contain_text("Training finished", timeout=150_000)
+    expect(page.locator("#run-files")).to_contain_text(re.compile(r"lora: \S*smithy\.safetensors"))
+    expect(offer).to_be_empty()  # a finished run has nothing to resume
+    from lorasmith.network.files import load_lora_file
+
+    from lorasmith.train.run import read_record
+
+    _, metadata = load_lora_file(gui_dirs["demo"] / "output" / "smithy.safetensors")
+    assert metadata["ss_steps"] == "160"
+    record = read_record(gui_dirs["demo"] / "output")
+    # one run went on past the pause: its record keeps the file of the step it paused at
+    assert record.status == "finished" and "interrupted" in [f["kind"] for f in record.files]

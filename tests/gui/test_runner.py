@@ -38,6 +38,18 @@ def test_a_run_reports_progress_losses_samples_and_files(tmp_path):
     assert state.messages == ["plan: 3 steps"]
 
 
+def test_pause_stops_with_the_state_saved(tmp_path):
+    runner = TrainingRunner(job=fake_jobs.until_stopped)
+    assert runner.pause() == "No training is running."
+    runner.start(_config(tmp_path))
+    _wait_for(runner, lambda s: s.done > 0)
+    assert "Pause requested" in runner.pause()
+    assert "Already stopping" in runner.stop()
+    state = _wait_for(runner, lambda s: not s.active)
+    assert state.status == "paused" and state.detail.startswith("Paused: the LoRA and the training state were saved")
+    assert state.files[-1][0] == "state"
+
+
 def test_a_second_start_is_refused_and_stop_ends_cleanly(tmp_path):
     runner = TrainingRunner(job=fake_jobs.until_stopped)
     runner.start(_config(tmp_path))
@@ -75,3 +87,45 @@ def test_shutdown_lets_a_running_trainer_save_and_end(tmp_path):
     runner.shutdown(timeout=30)
     state = _wait_for(runner, lambda s: not s.active)
     assert state.status == "stopped" and state.files[-1][0] == "lora"
+
+
+GUI_THAT_STARTS_A_RUN = """
+import sys, time
+from lorasmith.config.schema import TrainConfig
+from lorasmith.gui.runner import TrainingRunner
+from tests.gui import fake_jobs
+
+runner = TrainingRunner(job=fake_jobs.until_stopped_then_write)
+runner.start(TrainConfig(output_dir=sys.argv[1], output_name="mychar"))
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", ["kill the GUI", "SIGTERM to the worker"])
+def test_the_worker_saves_when_the_gui_is_killed_or_it_gets_a_signal(tmp_path, how):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    gui = subprocess.Popen([sys.executable, "-c", GUI_THAT_STARTS_A_RUN, str(tmp_path)], cwd=os.getcwd(),
+                           env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline and gui.poll() is None, "the worker never started"
+            time.sleep(0.05)
+        if how == "kill the GUI":
+            gui.kill()  # SIGKILL: the GUI asks nothing; the worker must notice by itself
+        else:
+            worker = subprocess.run(["pgrep", "-P", str(gui.pid), "-f", "multiprocessing"], capture_output=True,
+                                    text=True).stdout.split()
+            os.kill(int(worker[-1]), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "saved").exists():
+            assert time.monotonic() < deadline, "the worker did not stop and save"
+            time.sleep(0.05)
+        assert (tmp_path / "saved").read_text() == "stop"
+    finally:
+        gui.kill()
+        gui.wait(30)

@@ -64,7 +64,8 @@ def test_plan_prints_the_calculation_and_ends_with_total_steps(make_dataset, tmp
 @pytest.mark.parametrize("args,message", [
     (["--network_dimm", "32"], "unknown configuration key 'network_dimm' on the command line; did you mean 'network_dim'?"),
     (["--learning_rate", "-1"], "learning_rate must be greater than 0"),
-    (["--resolution", "500"], "resolution must be a multiple of 64"),
+    (["--bucket_reso_steps", "1"], "bucket_reso_steps 1 does not fit"),
+    (["--resolution", "big"], "resolution must be 'width,height' or one number"),
 ])
 def test_user_mistakes_are_one_line_without_traceback(make_dataset, args, message):
     root = make_dataset({"10_mychar": 1})

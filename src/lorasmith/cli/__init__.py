@@ -54,21 +54,21 @@ def _split_overrides(parser: argparse.ArgumentParser, argv: list[str]):
     """
     from lorasmith.config.schema import FIELDS
 
-    argv = _preset_first(argv)
     for index, token in enumerate(argv):
         if token.startswith("--") and token[2:].split("=")[0].replace("-", "_") in FIELDS:
-            return parser.parse_args(argv[:index]), argv[index:]
+            preset, overrides = _preset_out_of(argv[index:])  # --preset may come anywhere
+            return parser.parse_args(argv[:index] + preset), overrides
     return parser.parse_args(argv), []
 
 
-def _preset_first(argv: list[str]) -> list[str]:
-    """`--preset 8gb` may come anywhere, also among the `--key value` overrides: move it before them."""
-    for index, token in enumerate(argv):
-        if token == "--preset" and index + 1 < len(argv):
-            return argv[:1] + argv[index:index + 2] + argv[1:index] + argv[index + 2:]
+def _preset_out_of(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`--preset 8gb` among the `--key value` overrides: (the preset's tokens, the overrides without them)."""
+    for index, token in enumerate(overrides):
+        if token == "--preset" and index + 1 < len(overrides):
+            return overrides[index:index + 2], overrides[:index] + overrides[index + 2:]
         if token.startswith("--preset="):
-            return argv[:1] + [token] + argv[1:index] + argv[index + 1:]
-    return argv
+            return [token], overrides[:index] + overrides[index + 1:]
+    return [], overrides
 
 
 def main(argv: list[str] | None = None) -> int:

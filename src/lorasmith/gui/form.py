@@ -43,6 +43,13 @@ _LABELS = {
     "multires_noise_iterations": "Multires noise iterations",
     "multires_noise_discount": "Multires noise discount",
     "debiased_estimation_loss": "Debiased estimation loss",
+    "save_every_n_steps": "Save every N steps",
+    "adaptive_noise_scale": "Adaptive noise scale",
+    "lr_scheduler_power": "LR power",
+    "lr_scheduler_type": "LR scheduler type (custom)",
+    "lr_scheduler_args": "LR scheduler extra arguments",
+    "network_module": "Network module",
+    "network_args": "Network arguments",
 }
 
 # Fields that hold a path, and whether it names a file or a folder (the path chooser uses it).

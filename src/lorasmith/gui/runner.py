@@ -217,8 +217,10 @@ class TrainingRunner:
             if kind == "error":
                 self._update(status="failed", detail=f"Training failed: {text}")
             elif self._pause is not None and self._pause.is_set():
-                self._update(status="paused", detail="Paused: the LoRA and the training state were saved; "
-                                                     "Resume goes on from there.")
+                saved = any(kind == "state" for kind, _ in self._state.files)
+                self._update(status="paused", detail="Paused: the LoRA and the training state were saved; Resume "
+                             "goes on from there." if saved else "Paused before the first step ended: nothing "
+                             "was trained, so nothing was saved; Start begins the run.")
             elif self._stop is not None and self._stop.is_set():
                 self._update(status="stopped", detail="Stopped: the LoRA was saved where training had got to.")
             else:

@@ -7,13 +7,15 @@ nothing here trains or reads datasets itself: it calls `lorasmith.api` and the c
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 from dataclasses import dataclass
 from typing import Sequence
 
+from lorasmith import api
 from lorasmith.config.schema import TrainConfig, with_values
-from lorasmith.errors import ConfigError, LorasmithError
+from lorasmith.errors import ConfigError, LorasmithError, TrainingError
 from lorasmith.gui import form
 from lorasmith.gui.feedback import ERROR_MARK, error_line, is_error, load_pictures, text_block
 from lorasmith.gui.runner import RunState, TrainingRunner
@@ -123,6 +125,36 @@ def remembered_form(saved: dict | None) -> list | None:
     return [saved.get(key, default) for key, default in zip(form.FORM_KEYS, defaults)]
 
 
+def resume_training(runner: TrainingRunner, values: Sequence) -> str:
+    """Resume: the form's run goes on from its newest complete state (resume = auto)."""
+    try:
+        config = form.values_to_config(values)
+        found = api.resumable_run(config)
+        if found is None:
+            return error_line(TrainingError(f"no paused or stopped run of '{config.output_name}' with a saved "
+                                            f"state in '{config.output_dir}'; Start trains from the beginning"))
+        runner.start(dataclasses.replace(config, resume="auto"))
+    except LorasmithError as error:
+        return error_line(error)
+    return f"Resuming from {os.path.basename(found['state'])} (step {found['step']})."
+
+
+def resume_offer(values: Sequence, state: RunState) -> str:
+    """After a pause, a stop with the state saved, a crash or a reboot: say that the form's run can go on."""
+    if state.active:
+        return ""
+    try:
+        found = api.resumable_run(form.values_to_config(values))
+    except LorasmithError:
+        return ""
+    if found is None:
+        return ""
+    how = {"paused": "was paused", "interrupted": "was stopped", "failed": "failed",
+           "crashed": "ended without finishing (a crash or a shutdown)"}.get(found["status"], "did not finish")
+    return (f"The run in this output folder {how} at step {found['step']}; its training state "
+            f"{os.path.basename(found['state'])} is saved. Press **Resume** to go on from there.")
+
+
 def start_training(runner: TrainingRunner, values: Sequence) -> str:
     from lorasmith.config.checks import check_config
 
@@ -140,8 +172,8 @@ def start_training(runner: TrainingRunner, values: Sequence) -> str:
 
 def progress_html(state: RunState) -> str:
     """A progress bar with 'done / total', the latest loss and the run's status line."""
-    label = {"idle": "Idle", "running": "Training", "stopping": "Stopping", "finished": "Finished",
-             "stopped": "Stopped", "failed": "Failed"}[state.status]
+    label = {"idle": "Idle", "running": "Training", "stopping": "Stopping", "pausing": "Pausing",
+             "finished": "Finished", "stopped": "Stopped", "paused": "Paused", "failed": "Failed"}[state.status]
     if state.total:
         loss = f", loss {state.losses[-1][1]:.4f}" if state.losses else ""
         text = f"{label}: {state.task} step {state.done} / {state.total}{loss}"

@@ -67,7 +67,15 @@ class TrainingTab:
         self._wire_config_bar()
         self._wire_plan()
         self._wire_run()
-        app.load(_restore, inputs=self.saved_form, outputs=[*self.inputs, self.plan], show_progress="hidden")
+        app.load(self._restore_with_offer, inputs=self.saved_form, outputs=[*self.inputs, self.plan, self.resume_offer],
+                 show_progress="hidden")
+
+    def _restore_with_offer(self, saved: dict) -> list:
+        """The form as this browser left it, and, after a crash or a reboot, the offer to resume its run."""
+        restored = _restore(saved)
+        values = training.remembered_form(saved)
+        offer = training.resume_offer(values, self.runner.snapshot()) if values is not None else gr.skip()
+        return [*restored, offer]
 
     # ---- layout ---------------------------------------------------------------------------
 
@@ -115,8 +123,11 @@ class TrainingTab:
     def _run_panel(self) -> None:
         with gr.Row():
             self.start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
+            self.pause_button = gr.Button("Pause", elem_id="pause-training")
+            self.resume_button = gr.Button("Resume", elem_id="resume-training")
             self.stop_button = gr.Button("Stop", variant="stop", elem_id="stop-training")
         self.run_status = gr.Markdown(elem_id="run-status")
+        self.resume_offer = gr.Markdown(elem_id="resume-offer")
         self.progress = gr.HTML(training.progress_html(self.runner.snapshot()))
         with gr.Row():
             self.loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, scale=3,
@@ -176,19 +187,26 @@ class TrainingTab:
         def start(*values):
             return toast_if_error(training.start_training(self.runner, values))
 
-        self.start_button.click(start, inputs=self.inputs, outputs=self.run_status)
-        self.stop_button.click(self.runner.stop, outputs=self.run_status)
-        self.timer.tick(self._poll, inputs=self.seen, show_progress="hidden",
-                        outputs=[self.progress, self.loss_plot, self.gallery, self.files, self.log, self.seen])
+        def resume(*values):
+            return toast_if_error(training.resume_training(self.runner, values)), ""
 
-    def _poll(self, seen: dict) -> list:
-        """Refresh the run panel from the server's state; unchanged parts are skipped."""
+        self.start_button.click(start, inputs=self.inputs, outputs=self.run_status)
+        self.resume_button.click(resume, inputs=self.inputs, outputs=[self.run_status, self.resume_offer])
+        self.pause_button.click(self.runner.pause, outputs=self.run_status)
+        self.stop_button.click(self.runner.stop, outputs=self.run_status)
+        self.timer.tick(self._poll, inputs=[self.seen, *self.inputs], show_progress="hidden",
+                        outputs=[self.progress, self.loss_plot, self.gallery, self.files, self.log, self.seen,
+                                 self.resume_offer])
+
+    def _poll(self, seen: dict, *values) -> list:
+        """Refresh the run panel from the server's state; unchanged parts are skipped. The resume offer is
+        looked for once per page and whenever a run ends (a pause, a stop), not every second."""
         state = self.runner.snapshot()
         if seen.get("version") == state.version:
-            return [gr.skip()] * 6
+            return [gr.skip()] * 7
         gallery = gr.skip() if seen.get("samples") == len(state.samples) else training.sample_images(state)
         return [
             training.progress_html(state), training.loss_frame(state), gallery,
             training.files_markdown(state), "\n".join(state.messages),
-            {"version": state.version, "samples": len(state.samples)},
+            {"version": state.version, "samples": len(state.samples)}, training.resume_offer(values, state),
         ]

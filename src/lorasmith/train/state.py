@@ -157,3 +157,16 @@ def prune_states(output_dir: Path, name: str, keep: int = KEEP_STATES) -> list[P
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
     return removed
+
+
+def start_afresh(output_dir: Path, name: str, overwrite: bool) -> list[Path]:
+    """A new run (not a resume) of `name`: earlier states would be taken for its own by resume auto, so they
+    go with --overwrite (returned, for a message) and stop the run otherwise."""
+    earlier = [folder for _, folder in run_states(output_dir, name)]
+    if earlier and not overwrite:
+        raise TrainingError(f"'{output_dir}' holds training states of '{name}' from an earlier run "
+                            f"({earlier[0].name}); go on with it (--resume auto), choose another output_name, or "
+                            "pass --overwrite to start over")
+    for folder in earlier:
+        shutil.rmtree(folder, ignore_errors=True)
+    return earlier

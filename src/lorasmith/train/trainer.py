@@ -34,7 +34,7 @@ from lorasmith.train.setup import (
     TrainingData, allow_new_mixed_precision, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training,
     weight_dtype,
 )
-from lorasmith.train.state import KEEP_STATES, Position, load_state, prune_states, save_state
+from lorasmith.train.state import KEEP_STATES, Position, load_state, prune_states, save_state, start_afresh
 from lorasmith.train.step import NoiseRecipe, denoising_loss, draw_noise
 
 
@@ -110,6 +110,9 @@ class Trainer:
                                       [str(p) for p in self.data.validation],
                                       [f for f in earlier if f["step"] <= self.position.step])
         if accelerator.is_main_process:
+            if not config.resume:
+                for folder in start_afresh(self.output_dir, config.output_name, config.overwrite):
+                    self.events(Message(f"removed {folder.name}, a training state of the earlier run (overwrite)"))
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.record.write()
             if config.sample_prompts:

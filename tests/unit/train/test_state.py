@@ -63,3 +63,14 @@ def test_pruning_keeps_the_newest_two_and_clears_what_a_killed_save_left(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mychar-000002-state", "mychar-000003-state",
                                                           "other-000001-state"]
     assert other.is_dir()  # another output_name's states are not this run's
+
+
+def test_a_new_run_never_takes_an_earlier_runs_states_for_its_own(tmp_path):
+    from lorasmith.train.state import start_afresh
+
+    _write(state_folder(tmp_path, "mychar", 1), 4)
+    with pytest.raises(TrainingError, match="training states of 'mychar' from an earlier run.*--resume auto.*"
+                                            "--overwrite"):
+        start_afresh(tmp_path, "mychar", overwrite=False)
+    assert [p.name for p in start_afresh(tmp_path, "mychar", overwrite=True)] == ["mychar-000001-state"]
+    assert run_states(tmp_path, "mychar") == [] and start_afresh(tmp_path, "mychar", overwrite=False) == []
