@@ -122,25 +122,24 @@ class TrainingRunner:
 
     def stop(self) -> str:
         """Ask the trainer to save and end; returns a line for the page."""
+        return self._ask(self._stop, "stopping", "Stopping: the trainer saves the LoRA, then ends.",
+                         "Stop requested: the trainer saves the LoRA, then ends.")
+
+    def pause(self) -> str:
+        """Ask the trainer to stop at the next step with its state saved, for Resume to go on exactly."""
+        return self._ask(self._pause, "pausing", "Pausing: the trainer saves the LoRA and its state, then ends.",
+                         "Pause requested: the trainer saves the LoRA and its state at the next step; Resume "
+                         "goes on from there.")
+
+    def _ask(self, event, status: str, detail: str, reply: str) -> str:
         with self._lock:
             if self._state.status in ("stopping", "pausing"):
                 return "Already stopping: the trainer is saving the LoRA."
             if not self._state.active:
                 return "No training is running."
-            self._stop.set()
-            self._update(status="stopping", detail="Stopping: the trainer saves the LoRA, then ends.")
-        return "Stop requested: the trainer saves the LoRA, then ends."
-
-    def pause(self) -> str:
-        """Ask the trainer to stop at the next step with its state saved, for Resume to go on exactly."""
-        with self._lock:
-            if self._state.status in ("stopping", "pausing"):
-                return "Already stopping: the trainer is saving."
-            if not self._state.active:
-                return "No training is running."
-            self._pause.set()
-            self._update(status="pausing", detail="Pausing: the trainer saves the LoRA and its state, then ends.")
-        return "Pause requested: the trainer saves the LoRA and its state at the next step; Resume goes on from there."
+            event.set()
+            self._update(status=status, detail=detail)
+        return reply
 
     def snapshot(self) -> RunState:
         with self._lock:

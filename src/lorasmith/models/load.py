@@ -244,7 +244,8 @@ def _load_diffusers_folder(source: Path, family: str, v_parameterization: bool, 
             encoders = [_pretrained_text_model(source / part, index, dtype, options[part])
                         for index, part in enumerate(parts[2:])]
         except (OSError, ValueError, RuntimeError) as error:
-            raise ModelError(f"cannot load the diffusers model in {source} ({error}); check that the folder is complete")
+            raise ModelError(f"cannot load the diffusers model in {source} ({error}); check that the folder is "
+                             "complete")
     tokenizers = [_folder_tokenizer(source, index, pad) for index, pad in enumerate(fam.pad_tokens)]
     v_prediction = bool(v_parameterization or details.get("v_prediction"))
     modules = [m.eval() for m in (unet, vae, *encoders)]

@@ -46,7 +46,7 @@ def draw_noise(latents: torch.Tensor, num_train_timesteps: int, generator: torch
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
     if recipe.noise_offset:
         offset = torch.full((batch, channels, 1, 1), float(recipe.noise_offset))
-        if recipe.adaptive_noise_scale:  # sd-scripts' apply_noise_offset: more offset where a channel's mean is far from 0
+        if recipe.adaptive_noise_scale:  # sd-scripts' apply_noise_offset: more where a channel's mean is far from 0
             mean = latents.detach().float().cpu().mean(dim=(2, 3), keepdim=True)
             offset = (offset + recipe.adaptive_noise_scale * mean.abs()).clamp(min=0)
         noise = noise + offset * torch.randn((batch, channels, 1, 1), generator=generator)

@@ -13,8 +13,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from contextlib import contextmanager
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
