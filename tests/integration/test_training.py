@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -325,3 +326,45 @@ def test_mixed_precision_path_trains_with_a_half_precision_base(tiny_train_confi
     assert all(torch.isfinite(t).all() for t in ups) and sum(float(t.abs().sum()) for t in ups) > 0
     assert metadata["ss_mixed_precision"] == precision
     assert len(list((tmp_path / "out" / "sample").glob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("optimizer, scheduler, extra", [
+    ("DAdaptAdam", "cosine", {"optimizer_args": '"decouple=True" "weight_decay=0.1" "betas=0.9,0.91"'}),
+    ("Adafactor", "adafactor", {"optimizer_args": "scale_parameter=False relative_step=False warmup_init=False",
+                                "learning_rate": 1e-3, "unet_lr": 1e-3, "text_encoder_lr": 0}),
+    ("Prodigy", "constant", {"additional_parameters": '--lr_scheduler_type "CosineAnnealingLR" '
+                                                       '--lr_scheduler_args "T_max=30" --network_train_unet_only'}),
+])
+def test_a_kohya_gui_preset_trains_with_the_settings_it_names(tiny_train_config, tmp_path, optimizer, scheduler,
+                                                               extra):
+    """Shaped like the GUI's SDXL presets (tests/unit/config/test_kohya_gui_fidelity.py), on the tiny SDXL."""
+    import json
+
+    from lorasmith.config.sources import resolve_config
+
+    base_config = tiny_train_config(max_train_epochs=1)
+    preset = {
+        "LoRA_type": "Standard", "sdxl": True, "v2": False, "optimizer": optimizer, "lr_scheduler": scheduler,
+        "learning_rate": 1.0, "unet_lr": 1.0, "text_encoder_lr": 1.0, "epoch": 2, "max_train_epochs": "",
+        "max_train_steps": "", "max_resolution": "64,64", "min_bucket_reso": 64, "max_bucket_reso": 128,
+        "bucket_reso_steps": 64, "enable_bucket": True, "train_batch_size": 2, "network_dim": 4, "network_alpha": 2,
+        "noise_offset_type": "Original", "noise_offset": 0.0357, "adaptive_noise_scale": 0.00357,
+        "min_snr_gamma": 5, "keep_tokens": "1", "shuffle_caption": True, "lr_warmup": 0, "seed": "1337",
+        "sample_prompts": "mychar, 1girl --w 64 --h 64 --s 2 --d 1", "sample_every_n_epochs": 2,
+        "sample_sampler": "euler_a", "save_every_n_epochs": 1, "save_precision": "fp16", "mixed_precision": "no",
+        "train_data_dir": base_config.train_data_dir, "output_dir": base_config.output_dir, "output_name": "mychar",
+        "num_cpu_threads_per_process": 1, "xformers": "xformers", "cache_latents": True, **extra,
+    }
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(preset))
+    resolved = resolve_config(str(path))
+    result = api.train(resolved.config, given=resolved.given, base=tiny_base_model("sdxl"))
+    assert result.steps == 8 and not result.interrupted  # 2 epochs of 4 batches (4 images x 2 repeats / 2)
+    tensors, metadata = load_lora_file(result.final_file)
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert metadata["ss_optimizer"].endswith(optimizer) or optimizer.lower() in metadata["ss_optimizer"].lower()
+    assert metadata["ss_noise_offset"] == "0.0357" and metadata["ss_seed"] == "1337"
+    samples = list((Path(result.output_dir) / "sample").glob("*.png"))
+    assert len(samples) == 1 and (Path(result.output_dir) / "sample" / "prompt.txt").is_file()
+    if "network_train_unet_only" in extra.get("additional_parameters", ""):
+        assert not any(key.startswith("lora_te") for key in tensors)

@@ -34,7 +34,16 @@ def _off_is_none(value: float) -> Any:
 
 
 def optimizer_text(config: Any) -> str:
-    name = _OPTIMIZER_CLASSES.get(config.optimizer_type, config.optimizer_type)
+    """As sd-scripts logs it: the class's module path and name, then the optimizer_args."""
+    name = _OPTIMIZER_CLASSES.get(config.optimizer_type)
+    if name is None:
+        from lorasmith.train.optim import optimizer_class
+
+        try:
+            cls = optimizer_class(config.optimizer_type)
+            name = f"{cls.__module__}.{cls.__name__}"
+        except Exception:  # the package is not here (metadata of a file planned elsewhere): the name given
+            name = config.optimizer_type
     return name + (f"({','.join(config.optimizer_args)})" if config.optimizer_args else "")
 
 
@@ -81,7 +90,7 @@ def build_metadata(
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_optimizer": optimizer_text(config),
         "ss_max_grad_norm": config.max_grad_norm,
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": getattr(config, "network_module", NETWORK_MODULE),
         "ss_network_dim": config.network_dim,
         "ss_network_alpha": float(config.network_alpha),
         "ss_network_dropout": config.network_dropout,

@@ -103,6 +103,11 @@ def _optimizer_class(entry: OptimizerEntry, name: str):
                           f"update {entry.package}") from None
 
 
+def optimizer_class(name: str):
+    """The optimizer class a name stands for (raises the table's one-line errors)."""
+    return _optimizer_class(optimizer_entry(name), name)
+
+
 def parse_name_value_args(items: list[str], key: str = "optimizer_args") -> dict:
     """['weight_decay=0.01', 'betas=0.9,0.99'] -> {'weight_decay': 0.01, 'betas': (0.9, 0.99)}, as sd-scripts."""
     kwargs = {}
