@@ -368,3 +368,13 @@ def test_a_kohya_gui_preset_trains_with_the_settings_it_names(tiny_train_config,
     assert len(samples) == 1 and (Path(result.output_dir) / "sample" / "prompt.txt").is_file()
     if "network_train_unet_only" in extra.get("additional_parameters", ""):
         assert not any(key.startswith("lora_te") for key in tensors)
+
+
+def test_loss_and_noise_recipes_of_sd_scripts_train_and_are_recorded(tiny_train_config):
+    config = tiny_train_config(max_train_epochs=1, loss_type="huber", huber_schedule="snr", huber_c=0.1,
+                               ip_noise_gamma=0.1, zero_terminal_snr=True, v_parameterization=True)
+    result = api.train(config, base=tiny_base_model("sd2", v_prediction=True))
+    tensors, metadata = load_lora_file(result.final_file)
+    assert all(math.isfinite(loss) for loss in result.losses) and result.steps == 4
+    assert (metadata["ss_loss_type"], metadata["ss_huber_schedule"], metadata["ss_huber_c"]) == ("huber", "snr", "0.1")
+    assert metadata["ss_ip_noise_gamma"] == "0.1" and metadata["ss_zero_terminal_snr"] == "True"

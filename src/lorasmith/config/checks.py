@@ -25,11 +25,12 @@ _MINIMUMS = {
     "clip_skip": (1, True), "min_bucket_reso": (64, True), "max_bucket_reso": (64, True),
     "bucket_reso_steps": (1, True), "noise_offset": (0, True), "min_snr_gamma": (0, True),
     "prior_loss_weight": (0, True), "multires_noise_iterations": (0, True), "multires_noise_discount": (0, True),
-    "min_timestep": (0, True), "scale_weight_norms": (0, True), "sample_every_n_epochs": (0, True),
+    "min_timestep": (0, True), "scale_weight_norms": (0, True), "ip_noise_gamma": (0, True),
+    "huber_scale": (0, False), "sample_every_n_epochs": (0, True),
     "sample_every_n_steps": (0, True),
 }
 _OPEN_CHOICES = {"optimizer_type"}  # the list is the GUI's; any name sd-scripts takes is checked by the table
-_FRACTIONS = {"network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
+_FRACTIONS = {"huber_c": 1.0, "network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
               "validation_split": 0.5}
 
 

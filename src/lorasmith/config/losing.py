@@ -99,6 +99,11 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> li
         loses("keep_tokens", "only shuffle_caption and caption_tag_dropout_rate move or drop tags")
     if not c.multires_noise_iterations:
         loses("multires_noise_discount", "multires_noise_iterations is 0; set it (6-10) for multi-resolution noise")
+    if c.loss_type not in ("huber", "smooth_l1"):
+        for key in ("huber_c", "huber_schedule", "huber_scale"):
+            loses(key, f"loss_type {c.loss_type} has no threshold; set loss_type huber or smooth_l1")
+    if not c.ip_noise_gamma:
+        loses("ip_noise_gamma_random_strength", "ip_noise_gamma is 0; set it (about 0.1) for input perturbation")
     if not c.conv_dim:
         loses("conv_alpha", "conv_dim is 0, so no convolution is trained; set conv_dim for LoCon")
     if not c.save_every_n_epochs:

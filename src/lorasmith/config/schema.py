@@ -180,6 +180,23 @@ class TrainConfig:
                                "advanced")
     max_timestep: int = _field(1000, "Timesteps below this are trained (1-1000); lower it to train only the "
                                "fine steps.", "advanced")
+    ip_noise_gamma: float = _field(
+        0.0, "Input perturbation: noise the input this much more than the target says (about 0.1); 0 turns it "
+        "off.", "advanced")
+    ip_noise_gamma_random_strength: bool = _field(
+        False, "Draw the input perturbation's strength between 0 and ip_noise_gamma each step.", "advanced")
+    zero_terminal_snr: bool = _field(
+        False, "Rescale the noise schedule so the last step is pure noise (for v-prediction models trained "
+        "that way, such as NoobAI's v-pred SDXL).", "advanced")
+    loss_type: str = _field(
+        "l2", "Loss: l2 (mean squared), l1, huber (pseudo-Huber) or smooth_l1, as sd-scripts.", "advanced",
+        ("l2", "l1", "huber", "smooth_l1"))
+    huber_c: float = _field(0.1, "Threshold of the huber and smooth_l1 losses (0 to 1).", "advanced")
+    huber_schedule: str = _field(
+        "snr", "How the Huber threshold follows the timestep: snr, exponential or constant.", "advanced",
+        ("snr", "exponential", "constant"))
+    huber_scale: float = _field(1.0, "Scale of the Huber threshold (exponential and constant schedules).",
+                                "advanced")
     prior_loss_weight: float = _field(1.0, "Weight of the regularisation images' loss.", "advanced")
     sdpa: bool = _field(True, "Use PyTorch's scaled-dot-product attention (fast, memory-efficient).", "advanced")
     save_state: bool = _field(False, "Also save the full training state at each save point, to resume later.", "advanced")

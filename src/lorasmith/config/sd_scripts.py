@@ -28,9 +28,9 @@ NO_EFFECT_KEYS = frozenset({
 NOT_BUILT_KEYS = {
     "color_aug": False, "random_crop": False, "face_crop_aug_range": None, "caption_dropout_every_n_epochs": 0,
     "caption_prefix": None, "caption_suffix": None, "secondary_separator": None, "keep_tokens_separator": None,
-    "weighted_captions": False, "ip_noise_gamma": 0, "zero_terminal_snr": False,
-    "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": 0, "loss_type": "l2", "huber_c": None,
-    "huber_schedule": None, "noise_offset_random_strength": False, "base_weights": None,
+    "weighted_captions": False,
+    "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": 0, "noise_offset_random_strength": False,
+    "base_weights": None,
     "base_weights_multiplier": None, "masked_loss": False, "dim_from_weights": False,
 }
 UNUSED_KEYS = NO_EFFECT_KEYS | set(NOT_BUILT_KEYS)
@@ -39,7 +39,7 @@ UNUSED_KEYS = NO_EFFECT_KEYS | set(NOT_BUILT_KEYS)
 def is_off(key: str, value) -> bool:
     """Whether a not-built key holds its 'off' value (so leaving it out changes nothing)."""
     off = NOT_BUILT_KEYS[key]
-    return value in (off, None, "", 0, False, "0", "false", "False") or (key == "loss_type" and value == "l2")
+    return value in (off, None, "", 0, False, "0", "false", "False")
 
 
 def split_unused(values: dict) -> tuple[dict, list[str]]:

@@ -110,6 +110,10 @@ def prepare_base_for_training(base, config: TrainConfig, train_text_encoder: boo
 
     for module in (base.unet, base.vae, *base.text_encoders):
         module.requires_grad_(False)
+    if config.zero_terminal_snr:  # rescaled betas: alpha-bar of the last step is 0 (Lin et al. 2023)
+        from diffusers import DDPMScheduler
+
+        base.noise_scheduler = DDPMScheduler.from_config(base.noise_scheduler.config, rescale_betas_zero_snr=True)
     if not config.sdpa:
         base.unet.set_attn_processor(AttnProcessor())
     if config.gradient_checkpointing:

@@ -35,7 +35,7 @@ from lorasmith.train.setup import (
     weight_dtype,
 )
 from lorasmith.train.state import KEEP_STATES, Position, load_state, prune_states, save_state, start_afresh
-from lorasmith.train.step import NoiseRecipe, denoising_loss, draw_noise
+from lorasmith.train.step import LossRecipe, NoiseRecipe, denoising_loss, draw_noise
 
 
 @dataclass
@@ -87,6 +87,7 @@ class Trainer:
             self._start_from(config.network_weights)
         self.train_text_encoder = spec.train_text_encoder
         self.noise_recipe = NoiseRecipe.from_config(config)
+        self.loss_recipe = LossRecipe.from_config(config)
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
         optimizer = build_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
         self.total_steps = self._total_steps()
@@ -273,7 +274,7 @@ class Trainer:
             with accelerator.autocast():
                 text = self._encode_captions(tensors.captions)
                 loss = denoising_loss(model, latents, text.context, draw, text.pooled, tensors.time_ids,
-                                      tensors.weights, config.min_snr_gamma, config.debiased_estimation_loss)
+                                      tensors.weights, self.loss_recipe)
             if not torch.isfinite(loss):
                 raise TrainingError(self._nan_message(step + 1))
             accelerator.backward(loss)

@@ -316,3 +316,75 @@ def test_a_vae_held_in_fp16_encodes_in_fp32_when_its_config_says_so():
     latent_cache.encode_latents(vae, pixels, 0.13025)
     hook.remove()
     assert seen == [torch.float16]
+
+
+def test_huber_and_smooth_l1_match_their_formulas_and_the_thresholds_follow_the_schedule():
+    from diffusers import DDPMScheduler
+
+    from lorasmith.train.step import LossRecipe, elementwise_loss, huber_threshold
+
+    prediction = torch.tensor([[[[0.0, 1.0], [3.0, -2.0]]], [[[0.5, 0.5], [0.5, 0.5]]]])
+    target = torch.zeros_like(prediction)
+    c = torch.tensor([0.1, 0.5])
+    d = prediction - target
+    huber = elementwise_loss(prediction, target, "huber", c)
+    smooth = elementwise_loss(prediction, target, "smooth_l1", c)
+    for index, threshold in enumerate(c.tolist()):
+        expected = 2 * threshold * (torch.sqrt(d[index] ** 2 + threshold**2) - threshold)
+        torch.testing.assert_close(huber[index], expected)
+        torch.testing.assert_close(smooth[index], expected / threshold)
+    assert elementwise_loss(prediction, target, "huber", c)[0, 0, 1, 0] == pytest.approx(2 * 0.1 * (3.0 - 0.1),
+                                                                                         rel=1e-3)  # ~linear far out
+    torch.testing.assert_close(elementwise_loss(prediction, target, "l2"), d**2)
+    torch.testing.assert_close(elementwise_loss(prediction, target, "l1"), d.abs())
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    steps = torch.tensor([0, 500, 999])
+    constant = huber_threshold(scheduler, steps, LossRecipe("huber", huber_c=0.2, huber_schedule="constant"))
+    assert constant.tolist() == pytest.approx([0.2, 0.2, 0.2])
+    exponential = huber_threshold(scheduler, steps, LossRecipe("huber", huber_c=0.1, huber_schedule="exponential"))
+    assert exponential[0] == pytest.approx(1.0) and exponential[2] == pytest.approx(0.1, rel=0.01)
+    by_snr = huber_threshold(scheduler, steps, LossRecipe("huber", huber_c=0.1, huber_schedule="snr"))
+    assert 1.0 >= by_snr[0] > by_snr[1] > by_snr[2] >= 0.1  # clean inputs near 1, noisy ones near huber_c
+
+
+def test_input_perturbation_noises_the_input_only_and_is_replayable():
+    latents = torch.zeros(2, 4, 8, 8)
+    plain = draw_noise(latents, 1000, torch.Generator().manual_seed(3))
+    perturbed = draw_noise(latents, 1000, torch.Generator().manual_seed(3), NoiseRecipe(ip_noise_gamma=0.1))
+    again = draw_noise(latents, 1000, torch.Generator().manual_seed(3), NoiseRecipe(ip_noise_gamma=0.1))
+    assert plain.input_noise is None and torch.equal(perturbed.noise, plain.noise)  # the target is unchanged
+    extra = (perturbed.input_noise - perturbed.noise) / 0.1
+    assert 0.8 < extra.std().item() < 1.2 and torch.equal(perturbed.input_noise, again.input_noise)
+
+
+def test_zero_terminal_snr_ends_the_schedule_at_pure_noise_and_v_prediction_trains(tmp_path):
+    from lorasmith.config.schema import TrainConfig
+    from lorasmith.models.tiny import tiny_base_model
+    from lorasmith.train.setup import prepare_base_for_training
+    from lorasmith.train.step import LossRecipe, denoising_loss, min_snr_weights
+
+    base = tiny_base_model("sd2", v_prediction=True)
+    assert base.noise_scheduler.alphas_cumprod[-1] > 0
+    prepare_base_for_training(base, TrainConfig(zero_terminal_snr=True), train_text_encoder=False)
+    assert base.noise_scheduler.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-12)
+    last = torch.tensor([999, 500])
+    for v_prediction in (True, False):
+        assert torch.isfinite(min_snr_weights(base.noise_scheduler, last, 5.0, v_prediction)).all()
+    # v-prediction at the very last step: a finite loss that gradient steps lower
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(2, 77, base.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    draw = draw_noise(latents, 1000, torch.Generator().manual_seed(2), NoiseRecipe(min_timestep=990))
+    weights = [p for p in base.unet.parameters()][:8]
+    for p in weights:
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(weights, lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = denoising_loss(base, latents, context, draw, recipe=LossRecipe(min_snr_gamma=5.0))
+        assert torch.isfinite(loss)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < losses[0]
