@@ -378,3 +378,11 @@ def test_loss_and_noise_recipes_of_sd_scripts_train_and_are_recorded(tiny_train_
     assert all(math.isfinite(loss) for loss in result.losses) and result.steps == 4
     assert (metadata["ss_loss_type"], metadata["ss_huber_schedule"], metadata["ss_huber_c"]) == ("huber", "snr", "0.1")
     assert metadata["ss_ip_noise_gamma"] == "0.1" and metadata["ss_zero_terminal_snr"] == "True"
+
+
+def test_cached_text_outputs_hold_the_captions_with_their_prefix_and_suffix(tiny_train_config):
+    events = []
+    config = tiny_train_config(max_train_epochs=1, cache_text_encoder_outputs=True, network_train_unet_only=True,
+                               caption_prefix="mychar,", caption_suffix=", masterpiece")
+    result = api.train(config, events=events.append, base=tiny_base_model("sd1"))
+    assert result.steps == 4 and any("cached text-encoder outputs" in getattr(e, "text", "") for e in events)

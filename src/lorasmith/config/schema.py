@@ -152,6 +152,16 @@ class TrainConfig:
     shuffle_caption: bool = _field(False, "Shuffle comma-separated tags each step (keeps the first keep_tokens).", "advanced")
     keep_tokens: int = _field(0, "Tags at the start of a caption that shuffling never moves (your trigger word).", "advanced")
     caption_dropout_rate: float = _field(0.0, "Chance of training a step with an empty caption.", "advanced")
+    caption_dropout_every_n_epochs: int = _field(
+        0, "Train every N-th epoch with empty captions; 0 turns it off.", "advanced")
+    caption_prefix: str = _field("", "Text put before every caption (with a space), e.g. a trigger word.", "advanced")
+    caption_suffix: str = _field("", "Text put after every caption (with a space).", "advanced")
+    keep_tokens_separator: str = _field(
+        "", "A mark in captions ('|||'): the tags before it (and after a second one) never move or drop, "
+        "in place of keep_tokens.", "advanced")
+    secondary_separator: str = _field(
+        "", "A separator ('" + ";;;" + "') that joins tags into one for shuffling and dropout, then reads as a comma.",
+        "advanced")
     caption_tag_dropout_rate: float = _field(
         0.0, "Chance of leaving out each tag of a caption (not the keep_tokens ones), so the trigger word "
         "takes in what the tags do not say.", "advanced")
@@ -233,7 +243,8 @@ class TrainConfig:
     @property
     def captions_vary(self) -> bool:
         """Whether a caption can read differently from step to step (so its encoding cannot be cached)."""
-        return self.shuffle_caption or self.caption_dropout_rate > 0 or self.caption_tag_dropout_rate > 0
+        return (self.shuffle_caption or self.caption_dropout_rate > 0 or self.caption_tag_dropout_rate > 0
+                or self.caption_dropout_every_n_epochs > 0)
 
     @property
     def effective_logging_dir(self) -> str:

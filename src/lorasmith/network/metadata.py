@@ -109,6 +109,7 @@ def build_metadata(
         "ss_debiased_estimation": bool(config.debiased_estimation_loss),
         "ss_multires_noise_iterations": _off_is_none(config.multires_noise_iterations),
         "ss_multires_noise_discount": config.multires_noise_discount,
+        "ss_caption_dropout_every_n_epochs": config.caption_dropout_every_n_epochs,
         "ss_adaptive_noise_scale": _off_is_none(config.adaptive_noise_scale),
         "ss_ip_noise_gamma": _off_is_none(config.ip_noise_gamma),
         "ss_ip_noise_gamma_random_strength": bool(config.ip_noise_gamma_random_strength),

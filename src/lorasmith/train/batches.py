@@ -28,18 +28,36 @@ class CaptionRules:
     keep_tokens: int = 0
     dropout_rate: float = 0.0
     tag_dropout_rate: float = 0.0
+    prefix: str = ""
+    suffix: str = ""
+    dropout_every_n_epochs: int = 0
+    keep_tokens_separator: str = ""
+    secondary_separator: str = ""
+
+    @classmethod
+    def from_config(cls, config) -> "CaptionRules":
+        return cls(config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate,
+                   config.caption_tag_dropout_rate, config.caption_prefix, config.caption_suffix,
+                   config.caption_dropout_every_n_epochs, config.keep_tokens_separator, config.secondary_separator)
+
+    def apply(self, caption: str, rng: random.Random, epoch: int) -> str:
+        """The caption a step of epoch `epoch` (from 1) trains on."""
+        return prepare_caption(caption, rng, self.shuffle, self.keep_tokens, self.dropout_rate, self.tag_dropout_rate,
+                               prefix=self.prefix, suffix=self.suffix, epoch=epoch,
+                               dropout_every_n_epochs=self.dropout_every_n_epochs,
+                               keep_tokens_separator=self.keep_tokens_separator,
+                               secondary_separator=self.secondary_separator)
 
 
 def collate(samples: list[Sample], bucket: tuple[int, int], rng: random.Random, rules: CaptionRules,
             prior_loss_weight: float, cache: dict[object, CachedImage] | None, vae=None,
-            latent_scale: float = 1.0, flip: bool = False) -> TensorBatch:
+            latent_scale: float = 1.0, flip: bool = False, epoch: int = 1) -> TensorBatch:
     """Latents come from the cache when there is one, else the VAE encodes the images now.
 
     `flip` (flip_aug): each sample is mirrored with probability 1/2, drawn from `rng` after the
     captions, so that runs without it draw exactly as before.
     """
-    captions = [prepare_caption(s.item.caption, rng, rules.shuffle, rules.keep_tokens, rules.dropout_rate,
-                                rules.tag_dropout_rate) for s in samples]
+    captions = [rules.apply(s.item.caption, rng, epoch) for s in samples]
     mirrored = [flip and rng.random() < 0.5 for _ in samples]
     if cache is not None:
         entries = [cache[s.item.path] for s in samples]

@@ -152,7 +152,9 @@ class Trainer:
         config = self.config
         if not (config.cache_text_encoder_outputs and not self.train_text_encoder and not config.captions_vary):
             return None
-        captions = sorted({sample.item.caption for sample in self.data.samples})
+        # captions that never vary still get their prefix, suffix and separator: cache them as trained
+        rules = CaptionRules.from_config(config)
+        captions = sorted({rules.apply(sample.item.caption, random.Random(0), 1) for sample in self.data.samples})
         cache = {}
         with torch.no_grad():
             for start in range(0, len(captions), 16):
@@ -206,8 +208,7 @@ class Trainer:
     def train(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         step, losses = self.position.step, deque(maxlen=50)
-        rules = CaptionRules(config.shuffle_caption, config.keep_tokens, config.caption_dropout_rate,
-                             config.caption_tag_dropout_rate)
+        rules = CaptionRules.from_config(config)
         self.events(Message(f"training {self.total_steps} steps over {self.epochs} epochs"))
         if self._stop_requested():  # asked before the first step (while loading): nothing to save
             self.result.interrupted = True
@@ -265,7 +266,7 @@ class Trainer:
         torch.manual_seed(seed)  # LoRA dropout draws from the global generator
         bucket = self.data.bucket_of[batch[0].item.path]
         tensors = collate(batch, bucket, random.Random(seed), rules, config.prior_loss_weight, self.cache,
-                          self.base.vae, self.base.family.latent_scale, config.flip_aug)
+                          self.base.vae, self.base.family.latent_scale, config.flip_aug, epoch + 1)
         device = accelerator.device
         latents = tensors.latents.to(device, weight_dtype(config.mixed_precision, device))
         draw = draw_noise(latents, model.noise_scheduler.config.num_train_timesteps,

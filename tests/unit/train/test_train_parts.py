@@ -388,3 +388,19 @@ def test_zero_terminal_snr_ends_the_schedule_at_pure_noise_and_v_prediction_trai
         loss.backward()
         optimizer.step()
     assert losses[-1] < losses[0]
+
+
+def test_caption_prefix_suffix_every_n_epochs_and_the_separators_as_sd_scripts_reads_them():
+    rng = random.Random(0)
+    assert prepare_caption("1girl, smile", rng, prefix="mychar,", suffix=", best quality") == \
+        "mychar, 1girl, smile , best quality"
+    assert prepare_caption("1girl", rng, epoch=3, dropout_every_n_epochs=3) == ""
+    assert prepare_caption("1girl", rng, epoch=4, dropout_every_n_epochs=3) == "1girl"
+    caption = "mychar, 1girl ||| red hair, smile, outdoors, sky ||| masterpiece"
+    for _ in range(20):
+        tags = prepare_caption(caption, rng, shuffle=True, keep_tokens_separator="|||").split(", ")
+        assert tags[:2] == ["mychar", "1girl"] and tags[-1] == "masterpiece"
+        assert sorted(tags[2:-1]) == ["outdoors", "red hair", "sky", "smile"]
+    joined = {prepare_caption("mychar, red hair;;;long hair, smile", rng, shuffle=True, keep_tokens=1,
+                              secondary_separator=";;;") for _ in range(20)}
+    assert joined == {"mychar, red hair,long hair, smile", "mychar, smile, red hair,long hair"}  # moved as one
