@@ -386,3 +386,20 @@ def test_cached_text_outputs_hold_the_captions_with_their_prefix_and_suffix(tiny
                                caption_prefix="mychar,", caption_suffix=", masterpiece")
     result = api.train(config, events=events.append, base=tiny_base_model("sd1"))
     assert result.steps == 4 and any("cached text-encoder outputs" in getattr(e, "text", "") for e in events)
+
+
+def test_step_saves_keep_the_last_n_steps_and_the_end_state_and_first_samples_are_written(tiny_train_config,
+                                                                                          tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("mychar --w 64 --h 64 --s 2 --d 1\n")
+    config = tiny_train_config(max_train_epochs=2, save_every_n_epochs=0, save_every_n_steps=2,
+                               save_last_n_steps=3, save_state_on_train_end=True, sample_prompts=str(prompts),
+                               sample_at_first=True)
+    result = api.train(config, base=tiny_base_model("sd1"))
+    out = Path(result.output_dir)
+    # steps 2, 4, 6 were saved (8 is the final file); at step 6 the last 3 steps reach back past step 3, so
+    # step 2 went (sd-scripts' rule: it counts steps, not files)
+    assert sorted(p.name for p in out.glob("mychar-step*.safetensors")) == ["mychar-step00000004.safetensors",
+                                                                             "mychar-step00000006.safetensors"]
+    assert (out / "mychar.safetensors").is_file() and (out / "mychar-state" / "trainer_state.json").is_file()
+    assert [p.name.split("_")[1] for p in (out / "sample").glob("*.png")] == ["e000000"]  # before the first step

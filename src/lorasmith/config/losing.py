@@ -83,9 +83,9 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> li
     if c.lr_scheduler != "polynomial":
         loses("lr_scheduler_power", "only lr_scheduler polynomial uses a power")
     if not c.sample_prompts:
-        for key in ("sample_every_n_epochs", "sample_every_n_steps", "sample_sampler"):
+        for key in ("sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first"):
             loses(key, "sample_prompts is not set; set it to a prompts file to make samples")
-    elif not (c.sample_every_n_epochs or c.sample_every_n_steps):
+    elif not (c.sample_every_n_epochs or c.sample_every_n_steps or c.sample_at_first):
         loses("sample_prompts", "neither sample_every_n_epochs nor sample_every_n_steps is set; set one to make "
                                 "samples")
     if c.cache_text_encoder_outputs:
@@ -108,6 +108,8 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> li
         loses("conv_alpha", "conv_dim is 0, so no convolution is trained; set conv_dim for LoCon")
     if not c.save_every_n_epochs:
         loses("save_last_n_epochs", "save_every_n_epochs is 0, so no epoch files are written")
+    if not c.save_every_n_steps:
+        loses("save_last_n_steps", "save_every_n_steps is 0, so no step files are written")
     if not c.enable_bucket:
         for key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale"):
             loses(key, "enable_bucket is off; every image is cropped to the resolution")

@@ -74,6 +74,11 @@ class TrainConfig:
         1, "Save a LoRA every N epochs, so you can pick the best one later.", "basic")
     save_every_n_steps: int = _field(
         0, "Also save a LoRA (and the state, with save_state) every N steps; 0 turns it off.", "advanced")
+    save_last_n_steps: int = _field(
+        0, "Keep only the step files of the last N steps (of save_every_n_steps); 0 keeps them all.", "advanced")
+    save_state_on_train_end: bool = _field(
+        False, "Save the training state at the end of the run too (<output_name>-state), to train further "
+        "from it.", "advanced")
     save_last_n_epochs: int = _field(
         0, "Keep only the last N of those epoch files (older ones are deleted as new ones come; the final "
         "file always stays); 0 keeps them all.", "advanced")
@@ -222,6 +227,7 @@ class TrainConfig:
         "samples")
     sample_every_n_epochs: int = _field(0, "Make sample images every N epochs; 0 turns it off.", "samples")
     sample_every_n_steps: int = _field(0, "Make sample images every N steps; 0 turns it off.", "samples")
+    sample_at_first: bool = _field(False, "Also make sample images before the first step.", "samples")
     sample_sampler: str = _field("euler_a", "Sampler used for the sample images.", "samples", SAMPLERS)
     validation_split: float = _field(
         0.0, "Share of training images held out to measure a validation loss per epoch (0 to 0.5).", "samples")

@@ -13,11 +13,11 @@ from __future__ import annotations
 # handling), or that it does on its own (SDPA attention, fp32 LoRA weights, VAE upcasting).
 NO_EFFECT_KEYS = frozenset({
     "network_train_text_encoder_only_lr", "save_model_as", "save_last_n_epochs_state",
-    "save_last_n_steps", "save_last_n_steps_state", "save_state_on_train_end", "output_config",
+    "save_last_n_steps_state", "output_config",
     "xformers", "mem_eff_attn", "lowram", "highvram", "vae_batch_size", "no_half_vae",
     "full_fp16", "full_bf16", "fp8_base", "persistent_data_loader_workers",
     "log_with", "log_prefix", "log_tracker_name", "log_tracker_config", "wandb_api_key", "wandb_run_name",
-    "sample_at_first", "dataset_config", "config_file", "in_json", "dataset_repeats",
+    "dataset_config", "config_file", "in_json", "dataset_repeats",
     "no_metadata", "metadata_title", "metadata_author", "metadata_description", "metadata_license",
     "metadata_tags", "training_comment_extra", "ddp_timeout", "ddp_gradient_as_bucket_view",
     "ddp_static_graph", "deepspeed", "tokenizer_cache_dir", "console_log_level", "console_log_file",

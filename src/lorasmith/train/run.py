@@ -38,6 +38,11 @@ def step_state_folder(output_dir: Path, name: str, step: int) -> Path:
     return output_dir / f"{name}-step{step:08d}-state"
 
 
+def final_state_folder(output_dir: Path, name: str) -> Path:
+    """The state at the end of a run (save_state_on_train_end), to train further from."""
+    return output_dir / f"{name}-state"
+
+
 def record_path(output_dir: Path, name: str) -> Path:
     return output_dir / f"{name}_run.json"
 

@@ -115,7 +115,7 @@ def damage(folder: Path, info: dict) -> str:
 
 
 def _state_pattern(name: str) -> re.Pattern:
-    return re.compile(rf"^{re.escape(name)}-(\d{{6}}|step\d{{8}})-state$")
+    return re.compile(rf"^{re.escape(name)}(-\d{{6}}|-step\d{{8}})?-state$")
 
 
 def run_states(output_dir: Path, name: str) -> list[tuple[int, Path]]:

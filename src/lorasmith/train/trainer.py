@@ -214,6 +214,8 @@ class Trainer:
             self.result.interrupted = True
             self._finish(step, "interrupted")
             return self.result
+        if config.sample_at_first and step == 0:
+            self._sample(0, 0)
         try:
             for epoch in range(self.position.epoch, self.epochs):
                 batches = self._epoch_batches(epoch)
@@ -246,6 +248,8 @@ class Trainer:
             self._save_partial(step)
         else:
             self._save_lora(files.final_file(self.output_dir, config.output_name), self.position.epoch, step, "final")
+            if config.save_state_on_train_end:
+                self._save_state(files.final_state_folder(self.output_dir, config.output_name))
         self._finish(step, "paused" if self.result.paused else "interrupted" if self.result.interrupted
                      else "finished")
         return self.result
@@ -320,6 +324,9 @@ class Trainer:
         every = self.config.save_every_n_steps
         if every and step % every == 0 and step < self.total_steps:
             self._save_lora(files.step_file(self.output_dir, self.config.output_name, step), epoch, step, "step")
+            if self.config.save_last_n_steps:  # sd-scripts counts steps, not files
+                self._remove_older_files("step", lambda f: f["step"] <= step - self.config.save_last_n_steps,
+                                         "save_last_n_steps")
             if self.config.save_state:
                 self._save_state(files.step_state_folder(self.output_dir, self.config.output_name, step))
         every = self.config.sample_every_n_steps
@@ -342,16 +349,22 @@ class Trainer:
     def _keep_last_epoch_files(self) -> None:
         """save_last_n_epochs: delete this run's older epoch files (only files its record lists)."""
         keep = self.config.save_last_n_epochs
-        if not keep or not self.accelerator.is_main_process:
+        if keep:
+            newest = [f["path"] for f in self.record.files if f["kind"] == "epoch"][-keep:]
+            self._remove_older_files("epoch", lambda f: f["path"] not in newest, "save_last_n_epochs")
+
+    def _remove_older_files(self, kind: str, is_old, setting: str) -> None:
+        """Delete the LoRA files of `kind` this run's record lists and `is_old` picks (never another run's)."""
+        if not self.accelerator.is_main_process:
             return
-        epoch_files = [Path(f["path"]) for f in self.record.files if f["kind"] == "epoch"]
-        for path in epoch_files[:-keep]:
+        old = [Path(f["path"]) for f in self.record.files if f["kind"] == kind and is_old(f)]
+        for path in old:
             path.unlink(missing_ok=True)
             self.record.remove_file(path)
             if str(path) in self.result.files:
                 self.result.files.remove(str(path))
-            self.events(Message(f"removed {path.name} (save_last_n_epochs {keep})"))
-        if epoch_files[:-keep]:
+            self.events(Message(f"removed {path.name} ({setting} {getattr(self.config, setting)})"))
+        if old:
             self.record.write()
 
     def _save_partial(self, step: int) -> None:
