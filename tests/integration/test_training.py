@@ -403,3 +403,37 @@ def test_step_saves_keep_the_last_n_steps_and_the_end_state_and_first_samples_ar
                                                                              "mychar-step00000006.safetensors"]
     assert (out / "mychar.safetensors").is_file() and (out / "mychar-state" / "trainer_state.json").is_file()
     assert [p.name.split("_")[1] for p in (out / "sample").glob("*.png")] == ["e000000"]  # before the first step
+
+
+def test_validation_during_training_is_repeatable_stops_early_and_keeps_the_best_epoch(tiny_train_config, tmp_path,
+                                                                                       make_dataset):
+    """Few images, a learning rate far too high: the held-out loss climbs, the run stops, the best epoch stays."""
+    from lorasmith.sampling.evaluate import evaluate_run
+    from lorasmith.train.run import read_record
+
+    root = make_dataset({"2_mychar": 8}, root=tmp_path / "few")
+    settings = dict(train_data_dir=str(root), validation_split=0.25, validate_every_n_epochs=1,
+                    early_stop_patience=2, max_train_epochs=12, learning_rate=0.2, save_precision="float")
+    first = api.train(tiny_train_config(**settings), base=tiny_base_model("sd1"))
+    record = read_record(first.output_dir)
+    curve = {entry["epoch"]: entry["loss"] for entry in record.validation_losses}
+    assert first.early_stopped and first.epochs_done < 12, curve
+    best = min(curve, key=curve.get)
+    assert first.best_epoch == best == record.best_epoch
+    assert all(curve[e] > curve[best] for e in curve if e > best) and len([e for e in curve if e > best]) == 2
+    best_file = Path(first.output_dir) / "mychar-best.safetensors"
+    tensors, metadata = load_lora_file(best_file)
+    epoch_tensors, _ = load_lora_file(Path(first.output_dir) / f"mychar-{best:06d}.safetensors")
+    assert metadata["ss_best_epoch"] == str(best) and all(torch.equal(tensors[k], epoch_tensors[k]) for k in tensors)
+
+    again = api.train(tiny_train_config(**settings, output_dir=str(tmp_path / "again")), base=tiny_base_model("sd1"))
+    assert [e["loss"] for e in read_record(again.output_dir).validation_losses] == \
+        [e["loss"] for e in record.validation_losses]  # the same seed: the same validation losses
+
+    # `lorasmith evaluate` scores the saved files on the same batch: the same curve, the same bottom
+    report = evaluate_run(first.output_dir, tiny_base_model("sd1"), [Path(p) for p in record.validation_images],
+                          resolution=64, seed=0)
+    for epoch, loss in report.losses.items():
+        if epoch in curve and epoch <= max(curve):
+            assert loss == pytest.approx(curve[epoch], rel=1e-3)
+    assert min(report.losses, key=report.losses.get) == best

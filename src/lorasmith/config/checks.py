@@ -17,6 +17,7 @@ _MINIMUMS = {
     "train_batch_size": (1, True), "max_train_epochs": (0, True), "max_train_steps": (0, True),
     "save_every_n_epochs": (0, True), "save_every_n_steps": (0, True), "save_last_n_epochs": (0, True),
     "save_last_n_steps": (0, True), "caption_dropout_every_n_epochs": (0, True),
+    "validate_every_n_epochs": (0, True), "validate_every_n_steps": (0, True), "early_stop_patience": (0, True),
     "learning_rate": (0, False),
     "unet_lr": (0, True), "text_encoder_lr": (0, True), "lr_warmup_steps": (0, True),
     "lr_scheduler_num_cycles": (1, True),

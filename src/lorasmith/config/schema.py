@@ -231,6 +231,14 @@ class TrainConfig:
     sample_sampler: str = _field("euler_a", "Sampler used for the sample images.", "samples", SAMPLERS)
     validation_split: float = _field(
         0.0, "Share of training images held out to measure a validation loss per epoch (0 to 0.5).", "samples")
+    validate_every_n_epochs: int = _field(
+        1, "With held-out images: measure the validation loss every N epochs (0: not by epochs).", "samples")
+    validate_every_n_steps: int = _field(
+        0, "With held-out images: also measure it every N steps; 0 turns that off.", "samples")
+    validation_seed: int = _field(0, "Seed of the validation's fixed noise (as lorasmith evaluate uses).", "samples")
+    early_stop_patience: int = _field(
+        0, "Stop when the validation loss has stayed above its best for N checks in a row, and copy the best "
+        "epoch's file to <output_name>-best.safetensors; 0 never stops early.", "samples")
 
     # ---- derived values -----------------------------------------------------------------
 

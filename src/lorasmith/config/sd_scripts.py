@@ -21,7 +21,7 @@ NO_EFFECT_KEYS = frozenset({
     "no_metadata", "metadata_title", "metadata_author", "metadata_description", "metadata_license",
     "metadata_tags", "training_comment_extra", "ddp_timeout", "ddp_gradient_as_bucket_view",
     "ddp_static_graph", "deepspeed", "tokenizer_cache_dir", "console_log_level", "console_log_file",
-    "console_log_simple", "huggingface_repo_id", "save_n_epoch_ratio", "no_token_padding",
+    "console_log_simple", "huggingface_repo_id", "save_n_epoch_ratio", "no_token_padding", "max_validation_steps",
 })
 # Arguments that change what is trained, which lorasmith does not build yet: set to anything but their
 # "off" value, they are named in the note so that nobody believes them applied.

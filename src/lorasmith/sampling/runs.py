@@ -67,7 +67,8 @@ def _guess_name(folder: Path) -> str:
     if len(names) == 1:
         return names[0]
     if not names:
-        finals = sorted(p.stem for p in folder.glob("*.safetensors") if "-step" not in p.stem)
+        finals = sorted(p.stem for p in folder.glob("*.safetensors")
+                        if "-step" not in p.stem and not p.stem.endswith("-best"))
         if len(finals) == 1:
             return finals[0]
         names = finals

@@ -38,6 +38,10 @@ def step_state_folder(output_dir: Path, name: str, step: int) -> Path:
     return output_dir / f"{name}-step{step:08d}-state"
 
 
+def best_file(output_dir: Path, name: str) -> Path:
+    return output_dir / f"{name}-best.safetensors"
+
+
 def final_state_folder(output_dir: Path, name: str) -> Path:
     """The state at the end of a run (save_state_on_train_end), to train further from."""
     return output_dir / f"{name}-state"
@@ -51,7 +55,7 @@ def existing_outputs(output_dir: Path, name: str, after_epoch: int = 0, after_st
     """LoRA files of this name that a new run (or a resume past `after_epoch`/`after_step`) would replace."""
     if not output_dir.is_dir():
         return []
-    pattern = re.compile(rf"^{re.escape(name)}(-(\d{{6}})|-step(\d{{8}}))?\.safetensors$")
+    pattern = re.compile(rf"^{re.escape(name)}(-(\d{{6}})|-step(\d{{8}})|-best)?\.safetensors$")
     found = []
     for path in sorted(output_dir.iterdir()):
         match = pattern.match(path.name)
@@ -81,7 +85,9 @@ class RunRecord:
     config: dict
     validation_images: list[str] = field(default_factory=list)
     files: list[dict] = field(default_factory=list)  # {"path", "epoch", "step", "kind"}
-    status: str = "running"  # "running" | "finished" | "interrupted" | "failed"
+    status: str = "running"  # "running" | "finished" | "interrupted" | "paused" | "failed"
+    validation_losses: list[dict] = field(default_factory=list)  # {"epoch", "step", "loss"} measured in training
+    best_epoch: int | None = None  # the epoch of the lowest validation loss
 
     def add_file(self, path: Path, epoch: int, step: int, kind: str) -> None:
         self.files = [f for f in self.files if f["path"] != str(path)]

@@ -47,6 +47,8 @@ class TrainResult:
     epochs_done: int = 0
     interrupted: bool = False
     paused: bool = False  # stopped with the state saved, to be resumed
+    early_stopped: bool = False  # the validation loss stayed above its best for early_stop_patience checks
+    best_epoch: int | None = None  # the epoch of the lowest validation loss, with validation
     state_dir: str | None = None  # the last training state written, if any
     losses: list[float] = field(default_factory=list)  # loss of every optimizer step
 
@@ -100,6 +102,7 @@ class Trainer:
         self.model = replace(base, unet=self.modules[0],
                              text_encoders=self.modules[1:] if spec.train_text_encoder else base.text_encoders)
         self.cache = self._cache_latents()
+        self.validator = self._validator()
         self.text_cache = self._cache_text_outputs()
         self.position = self._resume() if config.resume else Position(0, 0, 0)
         earlier = self._earlier_files()
@@ -141,11 +144,41 @@ class Trainer:
             cache = self.early_latents.result()
         else:
             cache = cache_training_latents(self.base.vae, self.base.family, self.config, self.data, self.events)
-        if self.owns_base and not self.config.sample_prompts:
+        if self.owns_base and not self.config.sample_prompts and not self._validates():
             self.base.vae = self.model.vae = None  # never needed again in this run: give its memory back
         else:
             self.base.vae.to("cpu")  # only needed again for samples
         return cache
+
+    def _validates(self) -> bool:
+        config = self.config
+        return bool(self.data.validation) and bool(config.validate_every_n_epochs or config.validate_every_n_steps)
+
+    def _validator(self):
+        """The held-out images' fixed batch, encoded now while the VAE is at hand."""
+        if not self._validates():
+            return None
+        from lorasmith.train.validation import Validator
+
+        self.base.vae.to(self.accelerator.device)
+        validator = Validator(self.model, self.config, self.data.validation)
+        self.base.vae.to("cpu")
+        return validator
+
+    def _validate(self, epoch: int, step: int, at_epoch_end: bool) -> None:
+        """Measure the validation loss when it is due; stop early when it stayed above its best long enough."""
+        if self.validator is None or not self.validator.due(epoch if at_epoch_end else None, step):
+            return
+        loss = self.validator.run(self.model, self.modules, epoch, step)
+        self.accelerator.log({"loss/validation": loss}, step=step)
+        self.events(Message(f"validation loss {loss:.6f} at epoch {epoch}, step {step}"))
+        self.events(Progress("validation", step, self.total_steps, {"validation_loss": loss, "epoch": epoch}))
+        self.record.validation_losses.append({"epoch": epoch, "step": step, "loss": loss})
+        self.result.best_epoch = self.validator.history.best[0]
+        if self.validator.history.should_stop():
+            self.result.early_stopped = True
+            self.events(Message(f"early stop: the validation loss stayed above its best (epoch "
+                                f"{self.result.best_epoch}) for {self.config.early_stop_patience} checks"))
 
     def _cache_text_outputs(self) -> dict | None:
         """Encode each caption once when the text encoders are frozen and captions never change."""
@@ -230,12 +263,12 @@ class Trainer:
                     losses.append(loss)
                     self.result.losses.append(loss)
                     self._report(step, epoch, loss, sum(losses) / len(losses))
-                    if self._should_stop() or step >= self.total_steps:
+                    if self._should_stop() or self.result.early_stopped or step >= self.total_steps:
                         break
                 if self.position.batch_in_epoch >= len(batches):  # the whole epoch was trained
                     self.position = Position(step, epoch + 1, 0)
                     self._end_of_epoch(epoch + 1, step)
-                if self.result.interrupted or step >= self.total_steps:
+                if self.result.interrupted or self.result.early_stopped or step >= self.total_steps:
                     break
         except KeyboardInterrupt:
             if self._stop_requested():  # a second interrupt after a stop request: quit now, save nothing more
@@ -250,6 +283,7 @@ class Trainer:
             self._save_lora(files.final_file(self.output_dir, config.output_name), self.position.epoch, step, "final")
             if config.save_state_on_train_end:
                 self._save_state(files.final_state_folder(self.output_dir, config.output_name))
+            self._keep_best()
         self._finish(step, "paused" if self.result.paused else "interrupted" if self.result.interrupted
                      else "finished")
         return self.result
@@ -332,12 +366,14 @@ class Trainer:
         every = self.config.sample_every_n_steps
         if every and step % every == 0:
             self._sample(epoch + 1, step)
+        self._validate(epoch + 1, step, at_epoch_end=False)
 
     # ---- saving -------------------------------------------------------------------------
 
     def _end_of_epoch(self, epoch: int, step: int) -> None:
         config = self.config
-        last = epoch == self.epochs
+        self._validate(epoch, step, at_epoch_end=True)
+        last = epoch == self.epochs or self.result.early_stopped
         if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last:
             self._save_lora(files.epoch_file(self.output_dir, config.output_name, epoch), epoch, step, "epoch")
             self._keep_last_epoch_files()
@@ -366,6 +402,23 @@ class Trainer:
             self.events(Message(f"removed {path.name} ({setting} {getattr(self.config, setting)})"))
         if old:
             self.record.write()
+
+    def _keep_best(self) -> None:
+        """With early stopping: `<name>-best.safetensors`, the file of the best validation epoch, its metadata
+        naming it (ss_best_epoch), and the run record's best_epoch."""
+        if self.result.best_epoch is None or not self.accelerator.is_main_process:
+            return
+        from lorasmith.network.files import load_lora_file, save_lora_file
+
+        self.record.best_epoch = self.result.best_epoch
+        best = [f for f in self.record.files if f["epoch"] == self.result.best_epoch and f["kind"] in ("epoch", "final")]
+        if self.config.early_stop_patience and best:
+            tensors, metadata = load_lora_file(Path(best[0]["path"]))
+            path = files.best_file(self.output_dir, self.config.output_name)
+            save_lora_file(path, tensors, {**metadata, "ss_best_epoch": str(self.result.best_epoch)})
+            self.record.add_file(path, self.result.best_epoch, best[0]["step"], "best")
+            self.events(FileWritten(str(path), "lora"))
+        self.record.write()
 
     def _save_partial(self, step: int) -> None:
         """A stop (Ctrl-C, a signal, Stop in the GUI) or a pause: the LoRA of the step reached, and the state
