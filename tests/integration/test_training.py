@@ -94,7 +94,7 @@ def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_train_
     from lorasmith.config.schema import with_values
 
     full = tiny_train_config(max_train_epochs=2, save_state=True, network_dropout=0.1, shuffle_caption=True,
-                             flip_aug=True, caption_tag_dropout_rate=0.2)
+                             flip_aug=True, caption_tag_dropout_rate=0.2, use_ema=True, ema_decay=0.5)
     straight = api.train(full, base=tiny_base_model("sd1"))
     state = tmp_path / "out" / "mychar-000001-state"
     assert state.is_dir()
@@ -104,6 +104,10 @@ def test_resumed_run_ends_with_the_same_lora_as_an_uninterrupted_one(tiny_train_
     a, _ = load_lora_file(straight.final_file)
     b, _ = load_lora_file(resumed.final_file)
     assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-6, rtol=0)
+    a, _ = load_lora_file(Path(straight.final_file).with_name("mychar-ema.safetensors"))
+    b, _ = load_lora_file(Path(resumed.final_file).with_name("mychar-ema.safetensors"))  # the average resumes too
     for key in a:
         torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-6, rtol=0)
 
@@ -437,3 +441,25 @@ def test_validation_during_training_is_repeatable_stops_early_and_keeps_the_best
         if epoch in curve and epoch <= max(curve):
             assert loss == pytest.approx(curve[epoch], rel=1e-3)
     assert min(report.losses, key=report.losses.get) == best
+
+
+def test_the_ema_file_is_the_moving_average_of_the_weights_over_the_steps(tiny_train_config):
+    config = tiny_train_config(max_train_epochs=2, save_every_n_epochs=0, save_every_n_steps=1,
+                               save_precision="float", use_ema=True, ema_decay=0.9, ema_start_step=2,
+                               ema_update_interval=2)
+    result = api.train(config, base=tiny_base_model("sd1"))
+    out = Path(result.output_dir)
+    weights = {step: load_lora_file(out / f"mychar-step{step:08d}.safetensors")[0] for step in (2, 4, 6)}
+    weights[8] = load_lora_file(out / "mychar.safetensors")[0]
+    average = {key: value.clone() for key, value in weights[2].items()}  # the first update copies the weights
+    for step in (4, 6, 8):
+        for key in average:
+            if not key.endswith(".alpha"):
+                average[key] = 0.9 * average[key] + 0.1 * weights[step][key]
+    saved, metadata = load_lora_file(out / "mychar-ema.safetensors")
+    assert metadata["ss_ema_decay"] == "0.9" and saved.keys() == average.keys()
+    for key in saved:
+        torch.testing.assert_close(saved[key], average[key], rtol=1e-5, atol=1e-7)
+    assert not torch.equal(saved["lora_unet_mid_block_attentions_0_proj_in.lora_up.weight"],
+                           weights[8]["lora_unet_mid_block_attentions_0_proj_in.lora_up.weight"])
+    assert (out / "mychar-step00000004-ema.safetensors").is_file()  # one beside every file

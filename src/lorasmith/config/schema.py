@@ -146,6 +146,12 @@ class TrainConfig:
     network_weights: str = _field(
         "", "A LoRA file to start from, to train it further; it needs the same network_dim, conv_dim and parts.",
         "advanced")
+    use_ema: bool = _field(
+        False, "Also keep an exponential moving average of the LoRA weights, saved beside each file as "
+        "<name>-ema.safetensors (often smoother, less overfit).", "advanced")
+    ema_decay: float = _field(0.999, "How slowly the average moves (0.99-0.9999).", "advanced")
+    ema_start_step: int = _field(0, "The step from which the average is kept.", "advanced")
+    ema_update_interval: int = _field(1, "Update the average every N steps.", "advanced")
     gradient_accumulation_steps: int = _field(1, "Add up gradients of N batches before each optimizer step.", "advanced")
     max_grad_norm: float = _field(1.0, "Clip gradients to this norm; 0 turns clipping off.", "advanced")
     cache_latents_to_disk: bool = _field(

@@ -38,6 +38,11 @@ def step_state_folder(output_dir: Path, name: str, step: int) -> Path:
     return output_dir / f"{name}-step{step:08d}-state"
 
 
+def ema_file(path: Path) -> Path:
+    """The moving average's file beside a LoRA file: name-ema.safetensors, name-000002-ema.safetensors."""
+    return path.with_name(f"{path.stem}-ema{path.suffix}")
+
+
 def best_file(output_dir: Path, name: str) -> Path:
     return output_dir / f"{name}-best.safetensors"
 
@@ -55,7 +60,7 @@ def existing_outputs(output_dir: Path, name: str, after_epoch: int = 0, after_st
     """LoRA files of this name that a new run (or a resume past `after_epoch`/`after_step`) would replace."""
     if not output_dir.is_dir():
         return []
-    pattern = re.compile(rf"^{re.escape(name)}(-(\d{{6}})|-step(\d{{8}})|-best)?\.safetensors$")
+    pattern = re.compile(rf"^{re.escape(name)}(-(\d{{6}})|-step(\d{{8}})|-best)?(-ema)?\.safetensors$")
     found = []
     for path in sorted(output_dir.iterdir()):
         match = pattern.match(path.name)

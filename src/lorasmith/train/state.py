@@ -45,19 +45,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_files(folder: Path, lora_tensors: dict, optimizer, scheduler) -> None:
+def _write_files(folder: Path, lora_tensors: dict, optimizer, scheduler, ema: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().float().cpu().contiguous() for k, v in lora_tensors.items()}, str(folder / _LORA_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / _OPTIM_FILE)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ema": ema},
+               folder / _OPTIM_FILE)
 
 
-def save_state(folder: Path, lora_tensors: dict, optimizer, scheduler, position: Position, config: dict) -> Path:
+def save_state(folder: Path, lora_tensors: dict, optimizer, scheduler, position: Position, config: dict,
+               ema: dict | None = None) -> Path:
     """Write the state folder atomically (a temporary folder renamed into place)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        _write_files(temp, lora_tensors, optimizer, scheduler)
+        _write_files(temp, lora_tensors, optimizer, scheduler, ema)
         checksums = {name: _sha256(temp / name) for name in (_LORA_FILE, _OPTIM_FILE)}
         (temp / STATE_FILE).write_text(json.dumps({
             "step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,

@@ -29,6 +29,7 @@ from lorasmith.events import EventSink, FileWritten, Message, Progress, ignore_e
 from lorasmith.models.text import encode_tokens, tokenize
 from lorasmith.train import run as files
 from lorasmith.train.batches import CaptionRules, collate
+from lorasmith.train.ema import LoraEma
 from lorasmith.train.optim import build_optimizer, build_scheduler, optimizer_entry, scheduler_settings
 from lorasmith.train.setup import (
     TrainingData, allow_new_mixed_precision, cache_training_latents, cpu_only, lora_spec, prepare_base_for_training,
@@ -101,6 +102,8 @@ class Trainer:
         self.modules, self.optimizer = list(prepared[:-1]), prepared[-1]
         self.model = replace(base, unet=self.modules[0],
                              text_encoders=self.modules[1:] if spec.train_text_encoder else base.text_encoders)
+        self.ema = LoraEma(self.network.trainable_parameters(), config.ema_decay, config.ema_start_step,
+                           config.ema_update_interval) if config.use_ema else None
         self.cache = self._cache_latents()
         self.validator = self._validator()
         self.text_cache = self._cache_text_outputs()
@@ -233,6 +236,8 @@ class Trainer:
         self.network.load_kohya_state_dict(tensors)
         self.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
+        if self.ema is not None and optim.get("ema"):
+            self.ema.load_state_dict(optim["ema"])
         self.events(Message(f"resumed from {self.config.resume} at step {position.step} (epoch {position.epoch})"))
         return position
 
@@ -260,6 +265,8 @@ class Trainer:
                         continue
                     step += 1
                     self.position = Position(step, epoch, index + 1)
+                    if self.ema is not None:
+                        self.ema.update(step)
                     losses.append(loss)
                     self.result.losses.append(loss)
                     self._report(step, epoch, loss, sum(losses) / len(losses))
@@ -394,6 +401,8 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         old = [Path(f["path"]) for f in self.record.files if f["kind"] == kind and is_old(f)]
+        old += [files.ema_file(path) for path in old if any(f["path"] == str(files.ema_file(path))
+                                                                for f in self.record.files)]
         for path in old:
             path.unlink(missing_ok=True)
             self.record.remove_file(path)
@@ -441,9 +450,17 @@ class Trainer:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}[self.config.save_precision]
         with self._averaged_weights():
             tensors = self.network.kohya_state_dict(dtype)
-        save_lora_file(path, tensors, self._metadata(epoch, step))
+        metadata = self._metadata(epoch, step)
+        save_lora_file(path, tensors, metadata)
         self.result.files.append(str(path))
         self.record.add_file(path, epoch, step, kind)
+        if self.ema is not None and self.ema.shadow is not None:  # the moving average, beside the plain file
+            with self.ema.swapped_in():
+                averaged = self.network.kohya_state_dict(dtype)
+            ema_path = files.ema_file(path)
+            save_lora_file(ema_path, averaged, {**metadata, "ss_ema_decay": str(self.config.ema_decay)})
+            self.record.add_file(ema_path, epoch, step, "ema")
+            self.events(FileWritten(str(ema_path), "lora"))
         self.record.write()
         self.events(FileWritten(str(path), "lora"))
 
@@ -464,7 +481,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         save_state(folder, self.network.kohya_state_dict(torch.float32), self.optimizer, self.scheduler,
-                   self.position, to_dict(self.config))
+                   self.position, to_dict(self.config), ema=self.ema.state_dict() if self.ema is not None else None)
         self.result.state_dir = str(folder)
         self.events(FileWritten(str(folder), "state"))
         for old in prune_states(self.output_dir, self.config.output_name):
