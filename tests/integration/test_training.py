@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lorasmith import api
+from lorasmith.config.schema import with_values
 from lorasmith.errors import TrainingError
 from lorasmith.events import FileWritten, Progress
 from lorasmith.models.text import encode_prompts
@@ -463,3 +464,22 @@ def test_the_ema_file_is_the_moving_average_of_the_weights_over_the_steps(tiny_t
     assert not torch.equal(saved["lora_unet_mid_block_attentions_0_proj_in.lora_up.weight"],
                            weights[8]["lora_unet_mid_block_attentions_0_proj_in.lora_up.weight"])
     assert (out / "mychar-step00000004-ema.safetensors").is_file()  # one beside every file
+
+
+def test_masked_loss_trains_with_masks_and_refuses_an_image_without_one(tiny_train_config, tmp_path):
+    from PIL import Image
+
+    config = tiny_train_config(max_train_epochs=1, masked_loss=True)
+    images = sorted(Path(config.train_data_dir).rglob("*.png"))
+    cond = tmp_path / "cond"
+    cond.mkdir()
+    for image in images[:-1]:
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (0, 0, 32, 64))
+        mask.save(cond / image.name)
+    with pytest.raises(TrainingError, match=r"masked_loss: 1 training image\(s\) have no mask .* img03.png"):
+        api.train(with_values(config, {"conditioning_data_dir": str(cond)}), base=tiny_base_model("sd1"))
+    Image.new("L", (64, 64), 255).save(cond / images[-1].name)
+    result = api.train(with_values(config, {"conditioning_data_dir": str(cond), "output_dir": str(tmp_path / "m")}),
+                       base=tiny_base_model("sd1"))
+    assert result.steps == 4 and all(math.isfinite(loss) for loss in result.losses)

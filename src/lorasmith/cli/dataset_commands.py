@@ -99,7 +99,8 @@ def _doctor(args, extra) -> int:
                   caption_extension=args.caption_extension, min_bucket_reso=args.min_bucket_reso,
                   max_bucket_reso=args.max_bucket_reso, bucket_reso_steps=args.bucket_reso_steps,
                   batch_size=args.batch_size, near_duplicate_distance=args.near_duplicate_distance,
-                  max_token_length=args.max_token_length)
+                  max_token_length=args.max_token_length, conditioning_data_dir=args.conditioning_data_dir,
+                  alpha_mask=args.alpha_mask)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 
@@ -205,6 +206,10 @@ def _add_doctor(subparsers) -> None:
                         help="perceptual-hash bits two pictures may differ in and still count as near duplicates")
     doctor.add_argument("--max_token_length", type=int, choices=(75, 150, 225), default=75,
                         help="caption tokens the text encoder will read (the training setting)")
+    doctor.add_argument("--conditioning_data_dir", default="",
+                        help="masked_loss: the folder of mask images, to check that every image has a fitting one")
+    doctor.add_argument("--alpha_mask", action="store_true",
+                        help="masked_loss from alpha channels: check that every image has one")
     doctor.set_defaults(handler=_doctor)
 
 

@@ -97,6 +97,12 @@ def _check_paths(config: TrainConfig, for_training: bool) -> None:
             not Path(config.sample_prompts).expanduser().is_file():
         raise ConfigError(f"sample_prompts file '{config.sample_prompts}' does not exist; give a prompts file, or "
                           "the prompts themselves")
+    if config.conditioning_data_dir and not Path(config.conditioning_data_dir).expanduser().is_dir():
+        raise ConfigError(f"conditioning_data_dir '{config.conditioning_data_dir}' does not exist; fix the path or "
+                          "leave it empty")
+    if config.masked_loss and not (config.conditioning_data_dir or config.alpha_mask):
+        raise ConfigError("masked_loss needs masks: set conditioning_data_dir (mask images named as the training "
+                          "images) or alpha_mask (the images' alpha channel)")
     if not for_training:
         return
     if not config.pretrained_model_name_or_path:

@@ -104,6 +104,11 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> li
             loses(key, "validation_split is 0, so no images are held out to validate on; set it (0.1-0.2)")
     elif c.early_stop_patience and not c.validate_every_n_epochs and not c.validate_every_n_steps:
         loses("early_stop_patience", "no validation is measured; set validate_every_n_epochs")
+    if not c.masked_loss:
+        for key in ("conditioning_data_dir", "alpha_mask"):
+            loses(key, "masked_loss is off; turn it on to train only where the masks are white")
+    elif c.conditioning_data_dir:
+        loses("alpha_mask", "conditioning_data_dir's mask images are used instead")
     if not c.use_ema:
         for key in ("ema_decay", "ema_start_step", "ema_update_interval"):
             loses(key, "use_ema is off; turn it on to keep a moving average of the weights")

@@ -218,6 +218,13 @@ class TrainConfig:
         ("snr", "exponential", "constant"))
     huber_scale: float = _field(1.0, "Scale of the Huber threshold (exponential and constant schedules).",
                                 "advanced")
+    masked_loss: bool = _field(
+        False, "Train only where a mask is white (the character, not the background): masks from "
+        "conditioning_data_dir or the images' alpha channel (alpha_mask).", "advanced")
+    conditioning_data_dir: str = _field(
+        "", "Folder of mask images named as the training images (same sub-folders, or flat), for masked_loss.",
+        "folders")
+    alpha_mask: bool = _field(False, "masked_loss reads each image's alpha channel as its mask.", "advanced")
     prior_loss_weight: float = _field(1.0, "Weight of the regularisation images' loss.", "advanced")
     sdpa: bool = _field(True, "Use PyTorch's scaled-dot-product attention (fast, memory-efficient).", "advanced")
     save_state: bool = _field(False, "Also save the full training state at each save point, to resume later.", "advanced")

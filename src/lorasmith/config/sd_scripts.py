@@ -29,7 +29,7 @@ NOT_BUILT_KEYS = {
     "color_aug": False, "random_crop": False, "face_crop_aug_range": None, "weighted_captions": False,
     "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": 0, "noise_offset_random_strength": False,
     "base_weights": None,
-    "base_weights_multiplier": None, "masked_loss": False, "dim_from_weights": False,
+    "base_weights_multiplier": None, "dim_from_weights": False,
 }
 UNUSED_KEYS = NO_EFFECT_KEYS | set(NOT_BUILT_KEYS)
 

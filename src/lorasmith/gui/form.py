@@ -62,6 +62,7 @@ PATH_KINDS = {
     "logging_dir": "folder",
     "sample_prompts": "file",
     "resume": "folder",
+    "conditioning_data_dir": "folder",
     "network_weights": "file",
 }
 

@@ -187,6 +187,43 @@ def check_duplicates(facts: list[ImageFacts], max_distance: int) -> list[Finding
     return found
 
 
+def check_masks(root: Path, facts: list[ImageFacts], conditioning_data_dir: str | Path,
+                alpha_mask: bool) -> list[Finding]:
+    """masked_loss: each image needs a mask of its own size (or an alpha channel)."""
+    if not conditioning_data_dir and not alpha_mask:
+        return []
+    from PIL import Image
+
+    from lorasmith.dataset.masks import mask_path_for
+
+    found = []
+    folder = Path(conditioning_data_dir).expanduser() if conditioning_data_dir else None
+    if folder is not None and not folder.is_dir():
+        raise ToolError(f"conditioning_data_dir '{folder}' does not exist; give the folder of mask images")
+    for fact in facts:
+        if fact.size is None:
+            continue
+        if folder is None:
+            with Image.open(fact.path) as image:
+                has_alpha = "A" in image.getbands() or "transparency" in image.info
+            if not has_alpha:
+                found.append(Finding("warning", "missing_mask", f"{fact.path} has no alpha channel to mask the "
+                                     "loss with; save it with transparency, or it trains everywhere", fact.path))
+            continue
+        mask = mask_path_for(fact.path, root, folder)
+        if mask is None:
+            found.append(Finding("warning", "missing_mask", f"{fact.path} has no mask in {folder} (a file named "
+                                 f"'{fact.path.stem}' with an image extension); training refuses it", fact.path))
+            continue
+        with Image.open(mask) as image:
+            size = image.size
+        if size != fact.size:
+            found.append(Finding("warning", "mask_size", f"{mask} is {size[0]}x{size[1]} but its image "
+                                 f"{fact.path.name} is {fact.size[0]}x{fact.size[1]}; it is stretched to fit: "
+                                 "make it the image's size", fact.path))
+    return found
+
+
 def rank_for(image_count: int) -> int:
     """The tutorial's rule of thumb: ~30 images -> 32, 50+ -> 64, 100+ -> 128."""
     return 128 if image_count >= 100 else 64 if image_count >= 50 else 32
@@ -226,6 +263,8 @@ def doctor_dataset(
     batch_size: int = 1,
     near_duplicate_distance: int = 5,
     max_token_length: int = 75,
+    conditioning_data_dir: str | Path = "",
+    alpha_mask: bool = False,
     events: EventSink = ignore_events,
 ) -> DoctorReport:
     """Check every image under `folder` and return the report (it never changes a file)."""
@@ -236,9 +275,9 @@ def doctor_dataset(
         raise ToolError(f"batch_size must be at least 1, got {batch_size}")
     extension = check_extension(caption_extension)
     wh = resolution if isinstance(resolution, tuple) else parse_resolution(resolution)
-    if wh[0] % 64 or wh[1] % 64:  # the same rule as training's: buckets of another size would mislead
-        raise ToolError(f"resolution must be a multiple of 64 (e.g. 512, 576, 768), got {resolution!r}; "
-                        "give the one you will train at")
+    if bucket_reso_steps % 8:  # the same rule as training's: buckets of another size would mislead
+        raise ToolError(f"bucket_reso_steps must be a multiple of 8 (64 is usual), got {bucket_reso_steps}; "
+                        "give the one you will train with")
     buckets = bucket_resolutions(wh, min_bucket_reso, max_bucket_reso, bucket_reso_steps)
     report = DoctorReport(root, "flat")
     entries = collect_images(root, report)
@@ -264,6 +303,7 @@ def doctor_dataset(
         else:
             captions[entry.path] = text
         events(Progress("checking images", done, len(entries)))
+    report.findings += check_masks(root, facts, conditioning_data_dir, alpha_mask)
     report.findings += check_caption_lengths(captions, max_token_length)
     report.findings += check_duplicates(facts, near_duplicate_distance)
     report.advice = advise(entries, batch_size)

@@ -20,6 +20,7 @@ class TensorBatch:
     captions: list[str]
     weights: torch.Tensor  # per-sample loss weight (prior_loss_weight for regularisation images)
     time_ids: torch.Tensor  # [B, 6] SDXL micro-conditioning (unused by SD1/SD2)
+    masks: torch.Tensor | None = None  # [B, 1, h, w] loss masks on the latent grid (masked_loss)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class CaptionRules:
 
 def collate(samples: list[Sample], bucket: tuple[int, int], rng: random.Random, rules: CaptionRules,
             prior_loss_weight: float, cache: dict[object, CachedImage] | None, vae=None,
-            latent_scale: float = 1.0, flip: bool = False, epoch: int = 1) -> TensorBatch:
+            latent_scale: float = 1.0, flip: bool = False, epoch: int = 1, masks=None) -> TensorBatch:
     """Latents come from the cache when there is one, else the VAE encodes the images now.
 
     `flip` (flip_aug): each sample is mirrored with probability 1/2, drawn from `rng` after the
@@ -68,9 +69,14 @@ def collate(samples: list[Sample], bucket: tuple[int, int], rng: random.Random, 
         latents = list(encode_latents(vae, pixels, latent_scale).cpu())
         entries = [CachedImage(latent, hw, crop) for latent, (_, hw, crop) in zip(latents, loaded)]
     target_hw = (bucket[1], bucket[0])
+    loss_masks = None
+    if masks is not None:  # masked_loss: `masks` is a dataset.masks.MaskSource
+        loss_masks = torch.stack([masks.for_latents(s.item.path, bucket, tuple(latent.shape[-2:]), m)
+                                  for s, latent, m in zip(samples, latents, mirrored)])
     return TensorBatch(
         latents=torch.stack(latents),
         captions=captions,
         weights=torch.tensor([prior_loss_weight if s.is_reg else 1.0 for s in samples]),
         time_ids=torch.stack([sdxl_time_ids(e.original_hw, e.crop_top_left, target_hw) for e in entries]),
+        masks=loss_masks,
     )

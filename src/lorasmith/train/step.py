@@ -159,7 +159,8 @@ def predict_noise(base: BaseModel, noisy: torch.Tensor, timesteps: torch.Tensor,
 
 def denoising_loss(base: BaseModel, latents: torch.Tensor, context: torch.Tensor, draw: NoiseDraw,
                    pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
-                   sample_weights: torch.Tensor | None = None, recipe: LossRecipe = LossRecipe()) -> torch.Tensor:
+                   sample_weights: torch.Tensor | None = None, recipe: LossRecipe = LossRecipe(),
+                   loss_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss of a batch, and per-sample weighting; the trainer and `evaluate` both use it."""
     scheduler = base.noise_scheduler
     noisy = scheduler.add_noise(latents, draw.noise if draw.input_noise is None else draw.input_noise, draw.timesteps)
@@ -170,7 +171,10 @@ def denoising_loss(base: BaseModel, latents: torch.Tensor, context: torch.Tensor
         target = draw.noise
     threshold = huber_threshold(scheduler, draw.timesteps, recipe) if recipe.loss_type in ("huber", "smooth_l1") \
         else None
-    per_sample = elementwise_loss(prediction.float(), target.float(), recipe.loss_type, threshold).mean(dim=(1, 2, 3))
+    elementwise = elementwise_loss(prediction.float(), target.float(), recipe.loss_type, threshold)
+    if loss_mask is not None:  # masked_loss, as sd-scripts: the pixels' losses weighted by the mask
+        elementwise = elementwise * loss_mask.to(elementwise.device, elementwise.dtype)
+    per_sample = elementwise.mean(dim=(1, 2, 3))
     if recipe.min_snr_gamma:
         per_sample = per_sample * min_snr_weights(scheduler, draw.timesteps, recipe.min_snr_gamma, base.v_prediction)
     if recipe.debiased_estimation:

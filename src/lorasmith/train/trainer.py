@@ -89,6 +89,7 @@ class Trainer:
         if config.network_weights:
             self._start_from(config.network_weights)
         self.train_text_encoder = spec.train_text_encoder
+        self.masks = self._masks()
         self.noise_recipe = NoiseRecipe.from_config(config)
         self.loss_recipe = LossRecipe.from_config(config)
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
@@ -152,6 +153,20 @@ class Trainer:
         else:
             self.base.vae.to("cpu")  # only needed again for samples
         return cache
+
+    def _masks(self):
+        """masked_loss: every training image needs its mask (the doctor lists them all)."""
+        if not self.config.masked_loss:
+            return None
+        from lorasmith.dataset.masks import MaskSource
+
+        source = MaskSource(self.config.train_data_dir, self.config.conditioning_data_dir, self.config.alpha_mask)
+        missing = source.missing([item.path for _, item in self.data.train.items()])
+        if missing:
+            raise TrainingError(f"masked_loss: {len(missing)} training image(s) have no mask in "
+                                f"{self.config.conditioning_data_dir}, e.g. {missing[0].name}; add them (same names) "
+                                "or run lorasmith doctor with --conditioning_data_dir to list them")
+        return source
 
     def _validates(self) -> bool:
         config = self.config
@@ -311,7 +326,7 @@ class Trainer:
         torch.manual_seed(seed)  # LoRA dropout draws from the global generator
         bucket = self.data.bucket_of[batch[0].item.path]
         tensors = collate(batch, bucket, random.Random(seed), rules, config.prior_loss_weight, self.cache,
-                          self.base.vae, self.base.family.latent_scale, config.flip_aug, epoch + 1)
+                          self.base.vae, self.base.family.latent_scale, config.flip_aug, epoch + 1, self.masks)
         device = accelerator.device
         latents = tensors.latents.to(device, weight_dtype(config.mixed_precision, device))
         draw = draw_noise(latents, model.noise_scheduler.config.num_train_timesteps,
@@ -320,7 +335,7 @@ class Trainer:
             with accelerator.autocast():
                 text = self._encode_captions(tensors.captions)
                 loss = denoising_loss(model, latents, text.context, draw, text.pooled, tensors.time_ids,
-                                      tensors.weights, self.loss_recipe)
+                                      tensors.weights, self.loss_recipe, tensors.masks)
             if not torch.isfinite(loss):
                 raise TrainingError(self._nan_message(step + 1))
             accelerator.backward(loss)

@@ -107,10 +107,11 @@ def test_schedule_advice_aims_for_1500_to_3000_steps():
     assert "use 2 repeats" in schedule_advice(100, 10_000, 1)  # 100 repeats: far too many steps
 
 
-def test_a_resolution_training_refuses_is_refused_here_too(tmp_path):
+def test_bucket_steps_training_refuses_are_refused_here_too(tmp_path):
     write_image(tmp_path / "10_mychar" / "a.png")
-    with pytest.raises(ToolError, match="resolution must be a multiple of 64"):
-        doctor_dataset(tmp_path, resolution="500")
+    with pytest.raises(ToolError, match="bucket_reso_steps must be a multiple of 8"):
+        doctor_dataset(tmp_path, bucket_reso_steps=1)
+    assert doctor_dataset(tmp_path, resolution="500", bucket_reso_steps=64).image_count == 1  # trains, as sd-scripts
 
 
 def test_captions_longer_than_the_token_limit_are_one_warning(tmp_path):
@@ -141,3 +142,20 @@ def test_a_photo_stored_sideways_with_an_exif_rotation_is_a_warning(tmp_path):
     report = doctor_dataset(tmp_path, resolution=(64, 64), min_bucket_reso=32)
     assert [f.path.name for f in report.of_kind("rotated")] == ["phone.jpg"]
     assert "EXIF orientation (6)" in report.of_kind("rotated")[0].message and report.ok  # a warning, not an error
+
+
+def test_with_masks_on_images_without_a_mask_or_with_a_mask_of_another_size_are_named(tmp_path):
+    folder = tmp_path / "train" / "10_mychar"
+    for name in ("a", "b", "c"):
+        write_image(folder / f"{name}.png", (128, 128), seed=ord(name))
+        (folder / f"{name}.txt").write_text("mychar")
+    cond = tmp_path / "cond"
+    cond.mkdir()
+    Image.new("L", (128, 128), 255).save(cond / "a.png")
+    Image.new("L", (64, 64), 255).save(cond / "b.png")
+    report = doctor_dataset(tmp_path / "train", resolution="64,64", min_bucket_reso=32, max_bucket_reso=128,
+                            bucket_reso_steps=32, conditioning_data_dir=cond)
+    assert paths_of(report, "missing_mask") == ["c.png"] and paths_of(report, "mask_size") == ["b.png"]
+    alpha = doctor_dataset(tmp_path / "train", resolution="64,64", min_bucket_reso=32, max_bucket_reso=128,
+                           bucket_reso_steps=32, alpha_mask=True)
+    assert paths_of(alpha, "missing_mask") == ["a.png", "b.png", "c.png"]  # RGB pictures: no alpha channel
