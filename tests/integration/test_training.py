@@ -483,3 +483,27 @@ def test_masked_loss_trains_with_masks_and_refuses_an_image_without_one(tiny_tra
     result = api.train(with_values(config, {"conditioning_data_dir": str(cond), "output_dir": str(tmp_path / "m")}),
                        base=tiny_base_model("sd1"))
     assert result.steps == 4 and all(math.isfinite(loss) for loss in result.losses)
+
+
+def test_a_kohya_gui_preset_with_block_weights_trains_them(tiny_train_config, tmp_path):
+    import json
+
+    from lorasmith.config.sources import resolve_config
+
+    base_config = tiny_train_config(max_train_epochs=1)
+    dims = ",".join(["4"] * 16 + ["2"] + ["4"] * 8)  # block 16: up_blocks_1_attentions_0
+    preset = {"LoRA_type": "Standard", "epoch": 1, "max_resolution": "64,64", "min_bucket_reso": 64,
+              "max_bucket_reso": 128, "train_batch_size": 2, "network_dim": 4, "network_alpha": 2,
+              "optimizer": "AdamW", "learning_rate": 1e-3, "unet_lr": 1e-3, "text_encoder_lr": 5e-4,
+              "block_dims": dims, "up_lr_weight": "1,1,1,1,0", "block_lr_zero_threshold": "",
+              "train_data_dir": base_config.train_data_dir, "output_dir": base_config.output_dir,
+              "output_name": "mychar", "num_cpu_threads_per_process": 1}
+    path = tmp_path / "blocks.json"
+    path.write_text(json.dumps(preset))
+    resolved = resolve_config(str(path))
+    assert set(resolved.config.network_args) == {f"block_dims={dims}", "up_lr_weight=1,1,1,1,0"}
+    result = api.train(resolved.config, given=resolved.given, base=tiny_base_model("sd1"))
+    tensors, metadata = load_lora_file(result.final_file)
+    assert tensors["lora_unet_up_blocks_1_attentions_0_proj_in.lora_down.weight"].shape[0] == 2
+    assert not any(key.startswith("lora_unet_up_blocks_1_attentions_1") for key in tensors)  # up block 17: weight 0
+    assert json.loads(metadata["ss_network_args"])["up_lr_weight"] == "1,1,1,1,0"

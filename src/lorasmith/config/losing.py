@@ -40,8 +40,11 @@ def unhonoured_settings(config: TrainConfig) -> list[str]:
         return [f"{name} (network_module {module}) is not trained by lorasmith yet; it trains networks.lora (LoRA, "
                 "and LoCon with conv_dim): set network_module networks.lora (kohya_ss LoRA_type Standard or "
                 "Kohya LoCon) to train that instead"]
+    from lorasmith.network.blocks import BLOCK_ARGS
+
     return [f"network_args {name}={value} is not trained by lorasmith yet (sd-scripts' networks.lora reads it); "
-            "remove it to train without it" for name, value in args.items() if name != "dropout"]
+            "remove it to train without it" for name, value in args.items()
+            if name != "dropout" and name not in BLOCK_ARGS]
 
 
 def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> list[str]:

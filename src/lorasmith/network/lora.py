@@ -40,6 +40,7 @@ class LoraSpec:
     dropout: float = 0.0
     train_unet: bool = True
     train_text_encoder: bool = True
+    block_args: tuple = ()  # (name, value) of sd-scripts' block-wise network_args (network/blocks.py)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
@@ -70,8 +71,16 @@ class LoraSpec:
             rank=config.network_dim, alpha=config.network_alpha, conv_rank=config.conv_dim,
             conv_alpha=config.conv_alpha, dropout=config.network_dropout,
             train_unet=not config.network_train_text_encoder_only,
-            train_text_encoder=not config.network_train_unet_only,
+            train_text_encoder=not config.network_train_unet_only, block_args=block_args(config.network_args),
         )
+
+
+def block_args(network_args: list[str]) -> tuple:
+    """The block-wise settings among sd-scripts' network_args, as (name, value) pairs."""
+    from lorasmith.network.blocks import BLOCK_ARGS
+
+    pairs = (item.partition("=") for item in network_args)
+    return tuple((name.strip(), value.strip()) for name, _, value in pairs if name.strip() in BLOCK_ARGS)
 
 
 def _number(value: Any) -> bool:
@@ -111,6 +120,7 @@ class LoraNetwork:
     base: BaseModel
     spec: LoraSpec
     modules: list[LoraModule]
+    blocks: Any = None  # network.blocks.BlockWeights, with block-wise settings
     multiplier: float = 1.0
     _hooks: list = field(default_factory=list, repr=False)
 
@@ -124,10 +134,23 @@ class LoraNetwork:
         """Optimizer groups, text encoders first as in sd-scripts; a part whose lr is 0 is left out."""
         groups = []
         for name, lr, is_unet in (("textencoder", text_encoder_lr, False), ("unet", unet_lr, True)):
-            params = [p for m in self.modules if (m.target.ref.component == UNET) == is_unet for p in (m.down, m.up)]
-            if params and lr:
-                groups.append({"params": params, "lr": lr, "name": name})
+            mine = [m for m in self.modules if (m.target.ref.component == UNET) == is_unet]
+            if is_unet and self.blocks is not None and self.blocks.lr_weights is not None:
+                groups += self._block_groups(mine, lr)  # sd-scripts: one group per UNet block
+            elif mine and lr:
+                groups.append({"params": [p for m in mine for p in (m.down, m.up)], "lr": lr, "name": name})
         return groups
+
+    def _block_groups(self, modules: list, lr: float) -> list[dict]:
+        from lorasmith.network.blocks import block_index
+
+        by_block: dict[int, list] = {}
+        sdxl = self.base.family.name == "sdxl"
+        for m in modules:
+            by_block.setdefault(block_index(m.key, sdxl), []).append(m)
+        return [{"params": [p for m in found for p in (m.down, m.up)], "lr": lr * self.blocks.lr_weight(index),
+                 "name": f"unet_block{index}"} for index, found in sorted(by_block.items())
+                if lr * self.blocks.lr_weight(index)]
 
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
         """scale_weight_norms (sd-scripts' max-norm regularisation): scale each module's down and up
@@ -211,10 +234,16 @@ class LoraNetwork:
 
 def create_lora_network(base: BaseModel, spec: LoraSpec) -> LoraNetwork:
     """Inject LoRA layers (peft) into `base` in place; every base weight is frozen."""
+    from lorasmith.network.blocks import BlockWeights
+
+    blocks = BlockWeights.parse(dict(spec.block_args), base.family.name == "sdxl")
     targets = lora_targets(
         base.family, base.unet, base.text_encoders,
-        train_unet=spec.train_unet, train_text_encoder=spec.train_text_encoder, conv=spec.conv_rank > 0,
+        train_unet=spec.train_unet, train_text_encoder=spec.train_text_encoder,
+        conv=spec.conv_rank > 0 or (blocks is not None and blocks.conv_dims is not None),
     )
+    shapes = {t.ref.key: _rank_and_alpha(t, spec, blocks, base.family.name == "sdxl") for t in targets}
+    targets = [t for t in targets if shapes[t.ref.key][0] > 0]  # a block at rank 0 gets no LoRA
     components = component_names(base.family)[1:] + [UNET]  # text encoders first, as sd-scripts
     for component in components:
         component_module(base, component).requires_grad_(False)
@@ -222,21 +251,35 @@ def create_lora_network(base: BaseModel, spec: LoraSpec) -> LoraNetwork:
     for component in components:
         mine = [t for t in targets if t.ref.component == component]
         if mine:
-            modules += _inject(component_module(base, component), mine, spec)
-    network = LoraNetwork(base=base, spec=spec, modules=modules)
+            modules += _inject(component_module(base, component), mine, spec, shapes)
+    network = LoraNetwork(base=base, spec=spec, modules=modules, blocks=blocks)
     if spec.dropout:
         network._hooks = [_add_dropout(m, spec.dropout) for m in modules]
     return network
 
 
-def _inject(root: Any, targets: list[Target], spec: LoraSpec) -> list[LoraModule]:
-    """One peft adapter over `targets`; 3x3 convolutions get the conv rank through rank_pattern."""
+def _rank_and_alpha(target: Target, spec: LoraSpec, blocks, sdxl: bool) -> tuple[int, float]:
+    """A module's rank and alpha: the conv or network ones, or its UNet block's (block_dims ...)."""
+    conv = target.uses_conv_rank
+    rank, alpha = (spec.conv_rank, spec.effective_conv_alpha) if conv else (spec.rank, spec.effective_alpha)
+    if blocks is None or target.ref.component != UNET:
+        return rank, alpha
+    from lorasmith.network.blocks import block_index
+
+    rank, alpha = blocks.rank_and_alpha(block_index(target.ref.key, sdxl), conv, rank, alpha)
+    return rank, (float(alpha) if alpha else float(rank))  # alpha 0 means alpha = rank, as in sd-scripts
+
+
+def _inject(root: Any, targets: list[Target], spec: LoraSpec, shapes: dict) -> list[LoraModule]:
+    """One peft adapter over `targets`; a module whose rank or alpha is not the network's (3x3 convolutions
+    at conv_dim, block-wise dims) gets its own through rank_pattern / alpha_pattern."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    conv = [re.escape(t.ref.path) for t in targets if t.uses_conv_rank]
+    own = {re.escape(t.ref.path): shapes[t.ref.key] for t in targets
+           if shapes[t.ref.key] != (spec.rank, spec.effective_alpha)}
     config = LoraConfig(
         r=spec.rank, lora_alpha=spec.effective_alpha, target_modules=[t.ref.path for t in targets],
-        rank_pattern={p: spec.conv_rank for p in conv}, alpha_pattern={p: spec.effective_conv_alpha for p in conv},
+        rank_pattern={p: rank for p, (rank, _) in own.items()}, alpha_pattern={p: a for p, (_, a) in own.items()},
         lora_dropout=0.0, init_lora_weights=True, bias="none",
     )
     # sd-scripts' init: lora_down kaiming-uniform (a=sqrt(5)), lora_up zeros, which is peft's
@@ -247,7 +290,7 @@ def _inject(root: Any, targets: list[Target], spec: LoraSpec) -> list[LoraModule
         layer = root.get_submodule(target.ref.path)
         if ADAPTER not in getattr(layer, "lora_A", {}):
             raise RuntimeError(f"peft did not wrap {target.ref.path}")
-        alpha = spec.effective_conv_alpha if target.uses_conv_rank else spec.effective_alpha
+        alpha = shapes[target.ref.key][1]
         for part in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]):
             # peft gives the LoRA the base layer's dtype; over an fp16/bf16 base (mixed precision)
             # it is trained in fp32, as sd-scripts does (fp16 weights cannot take GradScaler's steps)

@@ -49,11 +49,15 @@ def optimizer_text(config: Any) -> str:
 
 def network_args(config: Any) -> dict[str, str] | None:
     """sd-scripts' --network_args as it records them (values as text); None when there are none."""
-    if not config.conv_dim:
-        return None
-    alpha = float(config.conv_alpha or config.conv_dim)
-    # As typed on sd-scripts' command line ("conv_alpha=4"), whole numbers without ".0".
-    return {"conv_dim": str(config.conv_dim), "conv_alpha": str(int(alpha)) if alpha.is_integer() else str(alpha)}
+    args = {}
+    if config.conv_dim:
+        alpha = float(config.conv_alpha or config.conv_dim)
+        # As typed on sd-scripts' command line ("conv_alpha=4"), whole numbers without ".0".
+        args = {"conv_dim": str(config.conv_dim), "conv_alpha": str(int(alpha)) if alpha.is_integer() else str(alpha)}
+    for item in getattr(config, "network_args", []):
+        name, _, value = item.partition("=")
+        args[name.strip()] = value.strip()
+    return args or None
 
 
 def build_metadata(

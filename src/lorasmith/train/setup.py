@@ -131,9 +131,4 @@ def prepare_base_for_training(base, config: TrainConfig, train_text_encoder: boo
 def lora_spec(config: TrainConfig):
     from lorasmith.network.lora import LoraSpec
 
-    return LoraSpec(
-        rank=config.network_dim, alpha=config.network_alpha, conv_rank=config.conv_dim,
-        conv_alpha=config.conv_alpha or config.conv_dim, dropout=config.network_dropout,
-        train_unet=not config.network_train_text_encoder_only,
-        train_text_encoder=not config.network_train_unet_only,
-    )
+    return LoraSpec.from_config(config)

@@ -367,10 +367,11 @@ class Trainer:
         # the groups are named (text encoder first, as in sd-scripts): log each rate under its part
         rates = {group.get("name", "unet"): lr for group, lr in zip(self.optimizer.param_groups,
                                                                     self.scheduler.get_last_lr())}
-        lr = rates.get("unet", next(iter(rates.values())))
+        lr = rates.get("unet", next((r for name, r in rates.items() if name.startswith("unet")),
+                                    next(iter(rates.values()))))
         metrics = {"loss": loss, "avg_loss": average, "lr": lr, "epoch": epoch + 1}
         logs = {"loss/current": loss, "loss/average": average}
-        logs.update({f"lr/{'unet' if name == 'unet' else 'text_encoder'}": rate for name, rate in rates.items()})
+        logs.update({f"lr/{name if name.startswith('unet') else 'text_encoder'}": rate for name, rate in rates.items()})
         if self.norms is not None:  # scale_weight_norms: sd-scripts shows these two beside the loss
             keys_scaled, mean_norm, _ = self.norms
             metrics.update(keys_scaled=keys_scaled, avg_norm=mean_norm)
