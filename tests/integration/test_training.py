@@ -507,3 +507,16 @@ def test_a_kohya_gui_preset_with_block_weights_trains_them(tiny_train_config, tm
     assert tensors["lora_unet_up_blocks_1_attentions_0_proj_in.lora_down.weight"].shape[0] == 2
     assert not any(key.startswith("lora_unet_up_blocks_1_attentions_1") for key in tensors)  # up block 17: weight 0
     assert json.loads(metadata["ss_network_args"])["up_lr_weight"] == "1,1,1,1,0"
+
+
+def test_a_validation_folder_is_validated_on_without_taking_images_out_of_training(tiny_train_config, tmp_path,
+                                                                                   make_dataset):
+    from lorasmith.train.run import read_record
+
+    validation = make_dataset({"1_mychar": 2}, root=tmp_path / "validation")
+    config = tiny_train_config(max_train_epochs=2, validation_data_dir=str(validation))
+    result = api.train(config, base=tiny_base_model("sd1"))
+    record = read_record(result.output_dir)
+    assert result.steps == 8  # all 4 training images still train
+    assert sorted(Path(p).name for p in record.validation_images) == ["img00.png", "img01.png"]
+    assert [entry["epoch"] for entry in record.validation_losses] == [1, 2]

@@ -97,6 +97,9 @@ def _check_paths(config: TrainConfig, for_training: bool) -> None:
             not Path(config.sample_prompts).expanduser().is_file():
         raise ConfigError(f"sample_prompts file '{config.sample_prompts}' does not exist; give a prompts file, or "
                           "the prompts themselves")
+    if config.validation_data_dir and not Path(config.validation_data_dir).expanduser().is_dir():
+        raise ConfigError(f"validation_data_dir '{config.validation_data_dir}' does not exist; fix the path or "
+                          "leave it empty")
     if config.conditioning_data_dir and not Path(config.conditioning_data_dir).expanduser().is_dir():
         raise ConfigError(f"conditioning_data_dir '{config.conditioning_data_dir}' does not exist; fix the path or "
                           "leave it empty")

@@ -102,9 +102,11 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> li
         loses("keep_tokens", "only shuffle_caption and caption_tag_dropout_rate move or drop tags")
     if not c.multires_noise_iterations:
         loses("multires_noise_discount", "multires_noise_iterations is 0; set it (6-10) for multi-resolution noise")
-    if not c.validation_split:
+    if c.validation_split and c.validation_data_dir:
+        loses("validation_split", "validation_data_dir's images are validated on instead; nothing is held out")
+    if not c.validation_split and not c.validation_data_dir:
         for key in ("validate_every_n_epochs", "validate_every_n_steps", "validation_seed", "early_stop_patience"):
-            loses(key, "validation_split is 0, so no images are held out to validate on; set it (0.1-0.2)")
+            loses(key, "there are no validation images: set validation_split (0.1-0.2) or validation_data_dir")
     elif c.early_stop_patience and not c.validate_every_n_epochs and not c.validate_every_n_steps:
         loses("early_stop_patience", "no validation is measured; set validate_every_n_epochs")
     if not c.masked_loss:

@@ -244,6 +244,9 @@ class TrainConfig:
     sample_sampler: str = _field("euler_a", "Sampler used for the sample images.", "samples", SAMPLERS)
     validation_split: float = _field(
         0.0, "Share of training images held out to measure a validation loss per epoch (0 to 0.5).", "samples")
+    validation_data_dir: str = _field(
+        "", "A folder of validation images in the '<repeats>_<name>' layout, instead of holding some out "
+        "(validation_split).", "samples")
     validate_every_n_epochs: int = _field(
         1, "With held-out images: measure the validation loss every N epochs (0: not by epochs).", "samples")
     validate_every_n_steps: int = _field(

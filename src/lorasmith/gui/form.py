@@ -63,6 +63,7 @@ PATH_KINDS = {
     "sample_prompts": "file",
     "resume": "folder",
     "conditioning_data_dir": "folder",
+    "validation_data_dir": "folder",
     "network_weights": "file",
 }
 

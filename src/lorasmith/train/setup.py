@@ -44,7 +44,13 @@ def _hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, list
 
 
 def setup_data(config: TrainConfig, train: Dataset, reg: Dataset | None) -> TrainingData:
-    train, validation = _hold_out(train, config.validation_split, config.seed)
+    if config.validation_data_dir:  # a folder of its own (kohya layout): nothing is taken out of training
+        from lorasmith.dataset.scan import scan_dataset
+
+        folder = scan_dataset(config.validation_data_dir, config.caption_extension)
+        validation = [item.path for _, item in folder.items()]
+    else:
+        train, validation = _hold_out(train, config.validation_split, config.seed)
     sizes = read_image_sizes([train] + ([reg] if reg else []))
     bucket_of = assign_buckets(config, sizes)
     step_plan = plan_steps(config, train, reg, sizes)
