@@ -332,6 +332,21 @@ def grid(run_dir: str | None, prompt: str, weights: list = (0.4, 0.6, 0.8, 1.0),
         sampler=sampler, clip_skip=clip_skip or settings.clip_skip, precision=precision, events=events)
 
 
+def best_epoch(run_dir: str) -> tuple[int, str] | None:
+    """(epoch, its LoRA file) of the lowest validation loss measured during the run, when it measured one."""
+    from lorasmith.train.run import read_record
+
+    try:
+        record = read_record(Path(run_dir).expanduser())
+    except Exception:  # no run record: nothing was measured
+        return None
+    if record.best_epoch is None:
+        return None
+    files = [f["path"] for f in record.files if f["epoch"] == record.best_epoch and f["kind"] in ("best", "epoch",
+                                                                                                  "final")]
+    return (record.best_epoch, files[0]) if files else None
+
+
 def evaluate(run_dir: str, base_model: str | None = None, train_data_dir: str | None = None,
              resolution: int | None = None, clip_skip: int | None = None, seed: int = 0,
              output_dir: str | None = None, allow_pickle: bool = False, events: EventSink = ignore_events, base=None):

@@ -92,3 +92,18 @@ def test_testing_handlers_call_the_tools_as_they_are_declared(monkeypatch, tmp_p
     assert calls[-1]["weights"] == [0.6, 0.8, 1.0] and calls[-1]["base_model"] is None and len(cells) == 1
     report, plot = testing_tab.evaluate("/run", "", progress=None)
     assert "recommended: epoch 2" in report and plot.size == (64, 64)
+
+
+def test_a_run_with_a_best_epoch_opens_on_it(tmp_path):
+    from lorasmith.gui.testing_tab import open_run
+    from lorasmith.train.run import RunRecord
+
+    best = tmp_path / "mychar-000003.safetensors"
+    best.write_bytes(b"lora")
+    RunRecord(str(tmp_path), "mychar", "base.safetensors", {}, files=[
+        {"path": str(tmp_path / "mychar-000002.safetensors"), "epoch": 2, "step": 8, "kind": "epoch"},
+        {"path": str(best), "epoch": 3, "step": 12, "kind": "epoch"}], best_epoch=3).write()
+    status, lora, tabs = open_run(str(tmp_path))
+    assert "**3**" in status and lora == str(best) and tabs.selected == "grid"
+    RunRecord(str(tmp_path), "mychar", "base.safetensors", {}).write()  # measured nothing: the tab stays as it is
+    assert all(not isinstance(value, str) for value in open_run(str(tmp_path)))

@@ -84,14 +84,16 @@ def test_run_panel_texts(tmp_path):
     kept, removed = tmp_path / "mychar-000002.safetensors", tmp_path / "mychar-000001.safetensors"
     kept.write_bytes(b"lora")  # removed: deleted by save_last_n_epochs, so no longer listed
     state = RunState(status="running", detail="Training.", task="train", done=5, total=20,
-                     losses=[(5, 0.125)], files=[("lora", str(removed)), ("lora", str(kept))])
+                     losses=[(5, 0.125)], validation_losses=[(5, 0.25)],
+                     files=[("lora", str(removed)), ("lora", str(kept))])
     html = training.progress_html(state)
     assert 'value="5" max="20"' in html and "step 5 / 20, loss 0.1250" in html
     listed = training.files_markdown(state)
     assert f"lora: `{kept}`" in listed and str(removed) not in listed
-    assert list(training.loss_frame(state).itertuples(index=False, name=None)) == [(5, 0.125)]
+    assert list(training.loss_frame(state).itertuples(index=False, name=None)) == [(5, 0.125, "training"),
+                                                                                    (5, 0.25, "validation")]
     empty = training.loss_frame(RunState())
-    assert [str(t) for t in empty.dtypes] == ["int64", "float64"]  # a number axis from the first poll on
+    assert [str(t) for t in empty.dtypes][:2] == ["int64", "float64"]  # a number axis from the first poll on
 
 
 def test_the_form_kept_between_reloads_comes_back_by_key():

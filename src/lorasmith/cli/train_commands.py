@@ -32,6 +32,8 @@ class TerminalProgress:
 
         from lorasmith.events import Progress
 
+        if isinstance(event, Progress) and "validation_loss" in event.metrics:
+            return  # a point on the validation curve: its Message line says it
         if not isinstance(event, Progress):
             for bar in self.bars.values():
                 bar.clear()

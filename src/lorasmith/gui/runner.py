@@ -41,6 +41,7 @@ class RunState:
     done: int = 0
     total: int = 0
     losses: list = field(default_factory=list)  # (step, loss)
+    validation_losses: list = field(default_factory=list)  # (step, validation loss), with held-out images
     samples: list = field(default_factory=list)  # image paths, oldest first
     files: list = field(default_factory=list)  # (kind, path)
     messages: list = field(default_factory=list)
@@ -145,6 +146,7 @@ class TrainingRunner:
         with self._lock:
             state = self._state
             return dataclasses.replace(state, losses=list(state.losses), samples=list(state.samples),
+                                       validation_losses=list(state.validation_losses),
                                        files=list(state.files), messages=list(state.messages))
 
     def shutdown(self, timeout: float = 120.0) -> None:
@@ -197,7 +199,9 @@ class TrainingRunner:
 
     def _apply_event(self, event) -> None:
         state = self._state
-        if isinstance(event, Progress):
+        if isinstance(event, Progress) and "validation_loss" in event.metrics:  # a point, not a task to show
+            state.validation_losses.append((event.done, float(event.metrics["validation_loss"])))
+        elif isinstance(event, Progress):
             state.task, state.done, state.total = event.task, event.done, event.total
             loss = event.metrics.get("loss")
             if loss is not None:

@@ -62,6 +62,19 @@ def evaluate(run_dir, base_model, progress=gr.Progress()):
     return outcome.report, (load_pictures([plot])[0][0] if plot else None)
 
 
+def open_run(run_dir):
+    """A run that measured its validation loss opens on its best epoch: named, its file ready to generate with,
+    the grid in front."""
+    from lorasmith import api
+
+    found = api.best_epoch(run_dir.strip()) if (run_dir or "").strip() else None
+    if found is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    epoch, path = found
+    return (f"Best epoch of this run (lowest validation loss during training): **{epoch}**, `{path}`. "
+            "Make the grid to check it against its neighbours.", path, gr.Tabs(selected="grid"))
+
+
 # ---- layout -----------------------------------------------------------------------------------------
 
 
@@ -75,9 +88,9 @@ def build_testing_tab(browse_root: str) -> None:
                  labels={"run_dir": "Training run", "base_model": "Base model"})
     prompt = gr.Textbox(label="Prompt", info="Start with the trigger word, e.g. 'mychar, 1girl, smiling'.")
     status = gr.Markdown(elem_id="testing-status")
-    with gr.Tabs():
+    with gr.Tabs() as tabs:
         with gr.Tab("Generate", id="generate"):
-            _generate_panel(base_model, prompt, status)
+            lora = _generate_panel(base_model, prompt, status)
         with gr.Tab("X/Y grid", id="grid"):
             weights = gr.Textbox("0.6, 0.8, 1.0", label="LoRA weights (columns)", info="Rows are the saved epochs.")
             grid_seed = gr.Number(1234, precision=0, label="Seed")
@@ -92,6 +105,7 @@ def build_testing_tab(browse_root: str) -> None:
                 report = gr.Markdown(elem_id="best-epoch-report")
                 plot = gr.Image(label="Validation loss per epoch", type="pil", interactive=False)
             run.click(evaluate, inputs=[run_dir, base_model], outputs=[report, plot])
+    run_dir.change(open_run, inputs=run_dir, outputs=[status, lora, tabs])
 
 
 def _generate_panel(base_model, prompt, status) -> None:
@@ -110,3 +124,4 @@ def _generate_panel(base_model, prompt, status) -> None:
     images = gr.Gallery(label="Images", columns=4, height=360)
     run.click(generate, inputs=[base_model, lora, weight, prompt, negative, steps, cfg, seed, size, sampler,
                                 output_dir], outputs=[status, images])
+    return lora

@@ -193,11 +193,13 @@ def files_markdown(state: RunState) -> str:
 
 
 def loss_frame(state: RunState):
-    """The loss chart's data: one row per step that reported a loss."""
+    """The loss chart's data: a row per step that reported a loss, and per validation, each in its series."""
     import pandas as pd
 
+    rows = [(step, loss, "training") for step, loss in state.losses]
+    rows += [(step, loss, "validation") for step, loss in state.validation_losses]
     # Numeric types even when empty: the chart keeps the axis types of its first data.
-    return pd.DataFrame(state.losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
 
 
 def sample_images(state: RunState, limit: int = 24) -> list:

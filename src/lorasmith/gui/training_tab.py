@@ -130,7 +130,7 @@ class TrainingTab:
         self.resume_offer = gr.Markdown(elem_id="resume-offer")
         self.progress = gr.HTML(training.progress_html(self.runner.snapshot()))
         with gr.Row():
-            self.loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, scale=3,
+            self.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260, scale=3,
                                        elem_id="loss-plot")
             self.gallery = gr.Gallery(label="Sample images", columns=4, height=260, scale=2,
                                       elem_id="run-samples")
