@@ -520,3 +520,18 @@ def test_a_validation_folder_is_validated_on_without_taking_images_out_of_traini
     assert result.steps == 8  # all 4 training images still train
     assert sorted(Path(p).name for p in record.validation_images) == ["img00.png", "img01.png"]
     assert [entry["epoch"] for entry in record.validation_losses] == [1, 2]
+
+
+def test_weighted_captions_train_through_both_text_paths(tiny_train_config, tmp_path):
+    config = tiny_train_config(max_train_epochs=1, weighted_captions=True)
+    for caption in Path(config.train_data_dir).rglob("*.txt"):
+        caption.write_text("mychar, (red hair:1.5), [smile]", encoding="utf-8")
+    weighted = api.train(config, base=tiny_base_model("sd1"))
+    cached = api.train(with_values(config, {"output_dir": str(tmp_path / "cached"), "network_train_unet_only": True,
+                                            "cache_text_encoder_outputs": True}), base=tiny_base_model("sd1"))
+    plain = api.train(with_values(config, {"output_dir": str(tmp_path / "plain"), "weighted_captions": False}),
+                      base=tiny_base_model("sd1"))
+    a, b, c = (load_lora_file(r.final_file)[0] for r in (weighted, cached, plain))
+    key = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight"
+    assert all(torch.isfinite(t[key]).all() for t in (a, b, c))
+    assert not torch.equal(a[key], c[key])  # the weights reach the cross-attention

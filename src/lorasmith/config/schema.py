@@ -173,6 +173,9 @@ class TrainConfig:
     secondary_separator: str = _field(
         "", "A separator ('" + ";;;" + "') that joins tags into one for shuffling and dropout, then reads as a comma.",
         "advanced")
+    weighted_captions: bool = _field(
+        False, "Read '(word:1.3)', '(word)' and '[word]' in captions as token weights, as AUTOMATIC1111 prompts "
+        "(no commas inside the brackets when shuffling).", "advanced")
     caption_tag_dropout_rate: float = _field(
         0.0, "Chance of leaving out each tag of a caption (not the keep_tokens ones), so the trigger word "
         "takes in what the tags do not say.", "advanced")

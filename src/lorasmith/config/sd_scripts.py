@@ -26,7 +26,7 @@ NO_EFFECT_KEYS = frozenset({
 # Arguments that change what is trained, which lorasmith does not build yet: set to anything but their
 # "off" value, they are named in the note so that nobody believes them applied.
 NOT_BUILT_KEYS = {
-    "color_aug": False, "random_crop": False, "face_crop_aug_range": None, "weighted_captions": False,
+    "color_aug": False, "random_crop": False, "face_crop_aug_range": None,
     "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": 0, "noise_offset_random_strength": False,
     "base_weights": None,
     "base_weights_multiplier": None, "dim_from_weights": False,

@@ -210,7 +210,7 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(captions), 16):
                 chunk = captions[start : start + 16]
-                text = encode_tokens(self.model, tokenize(self.model, chunk, config.max_token_length), config.clip_skip)
+                text = self._text_states(chunk)
                 for index, caption in enumerate(chunk):
                     pooled = None if text.pooled is None else text.pooled[index]
                     cache[caption] = (text.context[index], pooled)
@@ -222,11 +222,24 @@ class Trainer:
 
         if self.text_cache is None:
             with torch.set_grad_enabled(self.train_text_encoder):
-                ids = tokenize(self.model, captions, self.config.max_token_length)
-                return encode_tokens(self.model, ids, self.config.clip_skip)
+                return self._text_states(captions)
         entries = [self.text_cache[c] for c in captions]
         pooled = None if entries[0][1] is None else torch.stack([p for _, p in entries])
         return TextEmbeddings(torch.stack([c for c, _ in entries]), pooled)
+
+    def _text_states(self, captions: list[str]):
+        """The text encoders' output for captions; with weighted_captions each token's scaled by its weight."""
+        config = self.config
+        if not config.weighted_captions:
+            return encode_tokens(self.model, tokenize(self.model, captions, config.max_token_length), config.clip_skip)
+        from dataclasses import replace as replace_field
+
+        from lorasmith.models.weighted_text import tokenize_weighted
+
+        ids, weights = tokenize_weighted(self.model, captions, config.max_token_length)
+        text = encode_tokens(self.model, ids, config.clip_skip)
+        weights = weights.to(text.context.device, text.context.dtype)
+        return replace_field(text, context=text.context * weights[..., None])
 
     def _start_from(self, path: str) -> None:
         """network_weights: begin with a LoRA already trained (its alphas too), as sd-scripts does."""
