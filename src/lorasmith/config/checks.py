@@ -89,20 +89,16 @@ def _check_paths(config: TrainConfig, for_training: bool) -> None:
         raise ConfigError("train_data_dir is not set; point it at the folder holding '<repeats>_<name>' folders")
     if not Path(config.train_data_dir).expanduser().is_dir():
         raise ConfigError(f"train_data_dir '{config.train_data_dir}' does not exist; create it or fix the path")
-    if config.reg_data_dir and not Path(config.reg_data_dir).expanduser().is_dir():
-        raise ConfigError(f"reg_data_dir '{config.reg_data_dir}' does not exist; fix the path or leave it empty")
+    for key in ("reg_data_dir", "validation_data_dir", "conditioning_data_dir"):  # optional folders
+        folder = getattr(config, key)
+        if folder and not Path(folder).expanduser().is_dir():
+            raise ConfigError(f"{key} '{folder}' does not exist; fix the path or leave it empty")
     from lorasmith.sampling.prompts import is_prompt_text
 
     if config.sample_prompts and not is_prompt_text(config.sample_prompts) and \
             not Path(config.sample_prompts).expanduser().is_file():
         raise ConfigError(f"sample_prompts file '{config.sample_prompts}' does not exist; give a prompts file, or "
                           "the prompts themselves")
-    if config.validation_data_dir and not Path(config.validation_data_dir).expanduser().is_dir():
-        raise ConfigError(f"validation_data_dir '{config.validation_data_dir}' does not exist; fix the path or "
-                          "leave it empty")
-    if config.conditioning_data_dir and not Path(config.conditioning_data_dir).expanduser().is_dir():
-        raise ConfigError(f"conditioning_data_dir '{config.conditioning_data_dir}' does not exist; fix the path or "
-                          "leave it empty")
     if config.masked_loss and not (config.conditioning_data_dir or config.alpha_mask):
         raise ConfigError("masked_loss needs masks: set conditioning_data_dir (mask images named as the training "
                           "images) or alpha_mask (the images' alpha channel)")
