@@ -17,7 +17,8 @@ _MINIMUMS = {
     "train_batch_size": (1, True), "max_train_epochs": (0, True), "max_train_steps": (0, True),
     "save_every_n_epochs": (0, True), "save_every_n_steps": (0, True), "save_last_n_epochs": (0, True),
     "save_last_n_steps": (0, True), "caption_dropout_every_n_epochs": (0, True),
-    "ema_start_step": (0, True), "ema_update_interval": (1, True), "validate_every_n_epochs": (0, True), "validate_every_n_steps": (0, True), "early_stop_patience": (0, True),
+    "ema_start_step": (0, True), "ema_update_interval": (1, True), "validate_every_n_epochs": (0, True),
+    "validate_every_n_steps": (0, True), "early_stop_patience": (0, True),
     "learning_rate": (0, False),
     "unet_lr": (0, True), "text_encoder_lr": (0, True), "lr_warmup_steps": (0, True),
     "lr_scheduler_num_cycles": (1, True),
@@ -32,7 +33,8 @@ _MINIMUMS = {
     "sample_every_n_steps": (0, True),
 }
 _OPEN_CHOICES = {"optimizer_type"}  # the list is the GUI's; any name sd-scripts takes is checked by the table
-_FRACTIONS = {"ema_decay": 1.0, "huber_c": 1.0, "network_dropout": 1.0, "caption_dropout_rate": 1.0, "caption_tag_dropout_rate": 1.0,
+_FRACTIONS = {"ema_decay": 1.0, "huber_c": 1.0, "network_dropout": 1.0, "caption_dropout_rate": 1.0,
+              "caption_tag_dropout_rate": 1.0,
               "validation_split": 0.5}
 
 

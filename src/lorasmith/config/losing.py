@@ -67,8 +67,8 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> li
     entry = optimizer_entry(c.optimizer_type)
     relative = adafactor_relative_step(c.optimizer_type, c.optimizer_args)
     if relative:
-        why = (f"Adafactor with relative_step (sd-scripts' default) sets its own rates and schedule; give "
-               f"optimizer_args relative_step=False scale_parameter=False warmup_init=False for a fixed rate")
+        why = ("Adafactor with relative_step (sd-scripts' default) sets its own rates and schedule; give "
+               "optimizer_args relative_step=False scale_parameter=False warmup_init=False for a fixed rate")
         for key in ("unet_lr", "text_encoder_lr"):
             loses(key, why)
         if c.lr_scheduler != "adafactor":

@@ -132,7 +132,8 @@ class RunFiles:
             self.config, family=self.base.family, v_prediction=self.base.v_prediction,
             # sd-scripts records the checkpoint's file name, extension included
             base_model_name=Path(self.config.pretrained_model_name_or_path).name or self.base.name,
-            base_model_hashes={**self.base.info, **(self.base_hashes.result() if self.base_hashes else {})}, epoch=epoch, steps=step,
+            base_model_hashes={**self.base.info, **(self.base_hashes.result() if self.base_hashes else {})},
+            epoch=epoch, steps=step,
             max_steps=self.total_steps, num_train_images=data.train.samples_per_epoch,
             num_reg_images=data.reg.samples_per_epoch if data.reg else 0, dataset_dirs=dirs,
             tag_frequency=tag_frequency(captions), bucket_info=_bucket_info(data.plan.bucket_counts),

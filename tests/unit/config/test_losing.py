@@ -52,7 +52,8 @@ def lines_for(values: dict, given=None) -> list[str]:
     ({"enable_bucket": False, "min_bucket_reso": 128}, "min_bucket_reso 128 has no effect: enable_bucket is off"),
     ({"network_args": ["dropout=0.1"]}, "network_args dropout has no effect (sd-scripts' networks.lora ignores it"),
     ({"huber_c": 0.3}, "huber_c 0.3 has no effect: loss_type l2 has no threshold; set loss_type huber"),
-    ({"ip_noise_gamma_random_strength": True}, "ip_noise_gamma_random_strength true has no effect: ip_noise_gamma is 0"),
+    ({"ip_noise_gamma_random_strength": True},
+     "ip_noise_gamma_random_strength true has no effect: ip_noise_gamma is 0"),
 ])
 def test_each_losing_setting_gets_one_line(values, expected):
     lines = lines_for(values)
