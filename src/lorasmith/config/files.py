@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 from lorasmith.config import kohya_ss, sd_scripts
-from lorasmith.config.schema import FIELDS, TrainConfig, field_type, from_dict, unknown_key_error, with_values
+from lorasmith.config.schema import FIELDS, TrainConfig, field_type, unknown_key_error
 from lorasmith.errors import ConfigError
 
 _GROUP_TITLES = {
@@ -59,12 +59,10 @@ def _flatten_tables(values: dict) -> dict:
 
 def load_config(path: str | Path, base: TrainConfig | None = None) -> tuple[TrainConfig, list[str]]:
     """Load a TOML/JSON file (ours, sd-scripts' or kohya_ss GUI's) on top of `base` or the defaults."""
-    from lorasmith.config.sources import apply_length_rule, non_default_keys
+    from lorasmith.config.sources import apply_length_rule, load_file
 
-    values, notes = read_config_values(path)
-    from_file = from_dict(values, where=f" in {Path(path).name}")
-    given = frozenset(non_default_keys(from_file))
-    return apply_length_rule(from_file if base is None else with_values(base, values), given), notes
+    config, given, notes = load_file(path, base or TrainConfig())
+    return apply_length_rule(config, frozenset(given)), notes
 
 
 def parse_overrides(args: list[str]) -> dict:

@@ -36,20 +36,25 @@ def apply_length_rule(config: TrainConfig, given: frozenset[str]) -> TrainConfig
     return config
 
 
+def load_file(path: str | Path, base: TrainConfig) -> tuple[TrainConfig, set[str], list[str]]:
+    """(`base` with the file's values, the keys the file gave, notes such as kohya_ss keys that do not apply)."""
+    from lorasmith.config.files import read_config_values
+
+    values, notes = read_config_values(path)
+    from_file = from_dict(values, where=f" in {Path(path).name}")
+    return with_values(base, values), non_default_keys(from_file), notes  # from the defaults: the file's keys
+
+
 def resolve_config(config_path: str | None = None, overrides: dict | None = None,
                    preset: str | None = None) -> ResolvedConfig:
     """Defaults (or a preset), then the file, then `--key value` overrides."""
-    from lorasmith.config.files import read_config_values
     from lorasmith.config.presets import load_preset
 
     config = load_preset(preset) if preset else TrainConfig()
     given: set[str] = set()
     notes: list[str] = []
     if config_path:
-        values, notes = read_config_values(config_path)
-        from_file = from_dict(values, where=f" in {Path(config_path).name}")
-        config = with_values(config, values)
-        given |= non_default_keys(from_file)  # built from the defaults, so these came from the file
+        config, given, notes = load_file(config_path, config)
     overrides = overrides or {}
     config = with_values(config, overrides)
     given |= set(overrides)
