@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "lorasmith.cli.train_commands",
     "lorasmith.cli.dataset_commands",
     "lorasmith.cli.testing_commands",
+    "lorasmith.cli.lora_commands",
     "lorasmith.cli.gui_command",
 )
 
