@@ -1,0 +1,97 @@
+"""Low-rank factors of a weight change by SVD: what resize, extract and the SVD merge share.
+
+A delta W [out, in] or [out, in, kh, kw] is flattened to [out, in*kh*kw] and factored as
+W ~= up @ down with up = U_r * S_r and down = Vh_r (sd-scripts puts the singular values on
+lora_up too). Truncating at rank r leaves a Frobenius error of sqrt(sum of the discarded S^2)
+(Eckart-Young), which is what the tools report as the energy kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lorasmith.errors import ToolError
+
+DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
+
+
+@dataclass
+class LowRank:
+    """A rank-r factorization of one delta: kohya-shaped up/down and the singular values it came from."""
+
+    up: Any  # [out, r] or [out, r, 1, 1]
+    down: Any  # [r, in] or [r, in, kh, kw]
+    singular_values: Any  # all of them, float32, largest first
+    rank: int
+
+    @property
+    def energy_kept(self) -> float:
+        """Share of the squared Frobenius norm the kept singular values carry (1.0 = lossless)."""
+        squared = self.singular_values.double() ** 2
+        total = float(squared.sum())
+        return 1.0 if total == 0 else float(squared[: self.rank].sum()) / total
+
+    @property
+    def discarded_norm(self) -> float:
+        """The Frobenius norm of what the truncation drops: the error of up @ down against the delta."""
+        return float((self.singular_values[self.rank:].double() ** 2).sum().sqrt())
+
+
+def svd(delta: Any) -> tuple[Any, Any, Any]:
+    """(U, S, Vh) of the delta flattened to 2-d, in float32."""
+    import torch
+
+    matrix = delta.float().flatten(1)
+    return torch.linalg.svd(matrix, full_matrices=False)
+
+
+def low_rank(delta: Any, rank: int, clamp_quantile: float | None = None, factors: tuple | None = None) -> LowRank:
+    """The best rank-`rank` factors of `delta` (its SVD may be passed in as `factors`).
+
+    clamp_quantile (sd-scripts' extract option, e.g. 0.99) clips up and down to that quantile
+    of their absolute values, which keeps fp16 files free of outliers.
+    """
+    import torch
+
+    u, s, vh = factors if factors is not None else svd(delta)
+    rank = max(1, min(int(rank), s.shape[0]))
+    up = u[:, :rank] * s[:rank]
+    down = vh[:rank]
+    if clamp_quantile is not None:
+        if not 0 < clamp_quantile <= 1:
+            raise ToolError(f"--clamp_quantile must be above 0 and at most 1, got {clamp_quantile}")
+        limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]).abs(), clamp_quantile)
+        up, down = up.clamp(-limit, limit), down.clamp(-limit, limit)
+    if delta.dim() == 4:
+        up = up[:, :, None, None]
+        down = down.reshape(rank, *delta.shape[1:])
+    return LowRank(up.contiguous(), down.contiguous(), s, rank)
+
+
+def dynamic_rank(singular_values: Any, method: str, param: float, max_rank: int) -> int:
+    """sd-scripts' dynamic ranks: the smallest rank (at most `max_rank`) that keeps
+
+    - sv_ratio: every singular value at least S[0] / param;
+    - sv_cumulative: a share `param` of the sum of the singular values;
+    - sv_fro: a share `param` of the Frobenius norm (sqrt of the sum of S^2).
+    """
+    import torch
+
+    s = singular_values.double()
+    if float(s[0]) <= 0:
+        return 1
+    if method == "sv_ratio":
+        if param < 1:
+            raise ToolError(f"--dynamic_param for sv_ratio is the largest S[0]/S[r] kept, at least 1; got {param}")
+        rank = int((s >= s[0] / param).sum())
+    elif method in ("sv_cumulative", "sv_fro"):
+        if not 0 < param <= 1:
+            raise ToolError(f"--dynamic_param for {method} is a share from 0 to 1, got {param}")
+        values = s if method == "sv_cumulative" else s ** 2
+        target = param if method == "sv_cumulative" else param ** 2
+        shares = torch.cumsum(values, 0) / values.sum()
+        rank = int((shares < target - 1e-12).sum()) + 1
+    else:
+        raise ToolError(f"unknown --dynamic_method '{method}'; use one of: {', '.join(DYNAMIC_METHODS)}")
+    return max(1, min(rank, max_rank))
