@@ -116,7 +116,9 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
         events(Message(line, "warning"))
     # Mistakes found in a second, not after minutes of loading the model and caching latents.
     check_optimizer_available(config.optimizer_type)
-    if config.network_weights:
+    from lorasmith.network.lycoris_network import uses_lycoris
+
+    if config.network_weights and not uses_lycoris(config):  # a LyCORIS network checks its file when it loads
         from lorasmith.network.files import check_start_weights
 
         check_start_weights(Path(config.network_weights).expanduser(), config.network_dim, config.conv_dim,

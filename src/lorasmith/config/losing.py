@@ -32,19 +32,30 @@ def _network_args(config: TrainConfig) -> dict[str, str]:
 
 def unhonoured_settings(config: TrainConfig) -> list[str]:
     """What lorasmith cannot train as asked; `train` stops with the first line."""
+    from lorasmith.network.blocks import BLOCK_ARGS
+    from lorasmith.network.lycoris_network import LYCORIS_ARGS, LYCORIS_MODULE, PLAIN_VIA_LYCORIS, TRAINED_ALGOS
+
     module, args = config.network_module.strip(), _network_args(config)
+    if module == LYCORIS_MODULE:
+        algo = args.get("algo", "lora").lower()
+        if algo not in TRAINED_ALGOS:
+            return [f"LyCORIS algo={algo} is not trained by lorasmith yet; it trains algo {', '.join(TRAINED_ALGOS)} "
+                    "(kohya_ss LoRA_type LyCORIS/LoCon, LoHa, LoKr, iA3, GLoRA): pick one of those"]
+        return [f"network_args {name}={value} is not read by lycoris.kohya (a typo?); it reads: "
+                f"{', '.join(sorted(LYCORIS_ARGS))}" for name, value in args.items() if name not in LYCORIS_ARGS]
     if module != TRAINED_NETWORK_MODULE:
         name = _NETWORK_NAMES.get(module, f"network_module {module}")
-        if module == "lycoris.kohya":
-            name += f" {args.get('algo', 'lora')}"
         return [f"{name} (network_module {module}) is not trained by lorasmith yet; it trains networks.lora (LoRA, "
-                "and LoCon with conv_dim): set network_module networks.lora (kohya_ss LoRA_type Standard or "
-                "Kohya LoCon) to train that instead"]
-    from lorasmith.network.blocks import BLOCK_ARGS
-
-    return [f"network_args {name}={value} is not trained by lorasmith yet (sd-scripts' networks.lora reads it); "
-            "remove it to train without it" for name, value in args.items()
-            if name != "dropout" and name not in BLOCK_ARGS]
+                "and LoCon with conv_dim) and lycoris.kohya (LyCORIS): set network_module networks.lora (kohya_ss "
+                "LoRA_type Standard or Kohya LoCon) to train that instead"]
+    lines = [f"network_args {name}={value} is not trained by lorasmith yet (sd-scripts' networks.lora reads it); "
+             "remove it to train without it" for name, value in args.items()
+             if name != "dropout" and name not in BLOCK_ARGS and name not in PLAIN_VIA_LYCORIS]
+    blocks, via = [n for n in args if n in BLOCK_ARGS], [n for n in args if n in PLAIN_VIA_LYCORIS]
+    if blocks and via:
+        lines.append(f"network_args {via[0]} and {blocks[0]} cannot be trained together by lorasmith (its "
+                     f"{via[0]} is LyCORIS', whose networks have no block-wise settings); remove one of them")
+    return lines
 
 
 def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> list[str]:

@@ -72,6 +72,11 @@ class SafetensorsFile(Mapping):
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v["shape"]) for k, v in self._header.items()}
 
+    def layout(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """(name, shape, dtype) of every tensor, in the order of their bytes in the file."""
+        ordered = sorted(self._header.items(), key=lambda item: item[1]["data_offsets"][0])
+        return [(name, tuple(info["shape"]), _DTYPES[info["dtype"]]) for name, info in ordered]
+
     def __getitem__(self, key: str) -> torch.Tensor:
         info = self._header[key]
         dtype = _DTYPES[info["dtype"]]
@@ -207,3 +212,55 @@ def write_safetensors(
             data = tensors[name].detach().to("cpu", out_dtype).contiguous()
             file.write(data.reshape(-1).view(torch.uint8).numpy().data)
 
+
+
+class SafetensorsWriter:
+    """Writes a .safetensors file tensor by tensor: the header first, from names, shapes and dtypes
+    known up front, then each tensor's bytes, so a caller streaming a checkpoint holds one tensor.
+
+    Write the tensors in `order`: largest element size first (the given order otherwise), which
+    keeps every tensor aligned to its element size, as safetensors itself lays files out.
+    """
+
+    def __init__(self, path: str | Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]],
+                 metadata: Mapping[str, str] | None = None):
+        ordered = sorted(entries, key=lambda entry: -entry[2].itemsize)  # stable: keeps the given order
+        self.order = [name for name, _, _ in ordered]
+        self._expected = {name: (tuple(shape), dtype) for name, shape, dtype in ordered}
+        header: dict[str, object] = {}
+        offset = 0
+        for name, shape, dtype in ordered:
+            size = torch.Size(shape).numel() * dtype.itemsize
+            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-(8 + len(encoded)) % 8)
+        self._file = open(path, "wb")
+        self._file.write(struct.pack("<Q", len(encoded)))
+        self._file.write(encoded)
+        self._written = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """The next tensor of `order`, in the shape and dtype the header gave it."""
+        expected = self.order[self._written] if self._written < len(self.order) else None
+        if name != expected:
+            raise ValueError(f"wrote '{name}' where '{expected}' comes next")
+        shape, dtype = self._expected[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise ValueError(f"'{name}' is {tuple(tensor.shape)} {tensor.dtype}, the header says {shape} {dtype}")
+        data = tensor.detach().to("cpu").contiguous()
+        self._file.write(data.reshape(-1).view(torch.uint8).numpy().data)
+        self._written += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, error_type, *exc) -> None:
+        self.close()
+        if error_type is None and self._written != len(self.order):
+            raise ValueError(f"only {self._written} of {len(self.order)} tensors were written")

@@ -17,7 +17,8 @@ from lorasmith.errors import ModelError
 from lorasmith.models.base import BaseModel
 from lorasmith.network.files import load_lora_file
 from lorasmith.network.kohya_keys import key_table, resolve_module
-from lorasmith.network.kohya_tensors import LoraModuleTensors, group_lora_tensors
+from lorasmith.network.deltas import ModuleDelta, module_deltas
+from lorasmith.network.kohya_tensors import LoraModuleTensors
 
 
 @dataclass
@@ -25,7 +26,7 @@ class AppliedLoras:
     """LoRAs merged into a base model; `restore()` gives the original weights back, bit for bit."""
 
     base: BaseModel
-    originals: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key -> (weight param, copy)
+    originals: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # 'module.weight' -> (param, copy)
     modules_touched: int = 0
 
     def restore(self) -> None:
@@ -57,34 +58,44 @@ def delta_shape(lora: LoraModuleTensors) -> tuple[int, ...]:
 
 
 def apply_loras(base: BaseModel, loras: list[tuple[str | os.PathLike | dict[str, Any], float]]) -> AppliedLoras:
-    """Merge each (file or kohya tensors, weight) into `base`'s weights, in order."""
+    """Merge each (file or kohya tensors, weight) into `base`'s weights, in order.
+
+    Any network type a kohya-named file holds (LoRA, LoCon, LyCORIS, DoRA) merges through its
+    ModuleDelta; LyCORIS norm modules (train_norm) change the norm layers' weight and bias.
+    """
     import torch
 
-    table = key_table(base)
-    grouped = [group_lora_tensors(_tensors(source)) for source, _ in loras]
+    table = key_table(base, norms=True)
+    grouped = [module_deltas(_tensors(source)) for source, _ in loras]
     for modules in grouped:  # check everything before touching a weight
         _check_fits(base, table, modules)
     applied = AppliedLoras(base)
     with torch.no_grad():
         for modules, (_, weight) in zip(grouped, loras):
-            for name, lora in modules.items():
-                param = resolve_module(base, table[name]).weight
-                delta = lora_delta(lora, tuple(param.shape))
-                if name not in applied.originals:
-                    applied.originals[name] = (param, param.detach().clone())
-                param.copy_((param.float() + float(weight) * delta.to(param.device)).to(param.dtype))
-        applied.modules_touched = len(applied.originals)
+            for name, module in modules.items():
+                layer = resolve_module(base, table[name])
+                for kind, param in (("weight", layer.weight), ("bias", getattr(layer, "bias", None))):
+                    if param is None or (kind == "bias" and not module.changes_bias):
+                        continue
+                    key = f"{name}.{kind}"
+                    if key not in applied.originals:
+                        applied.originals[key] = (param, param.detach().clone())
+                    merged = module.merged(param, float(weight)) if kind == "weight" else \
+                        module.merged_bias(layer.weight, param, float(weight))
+                    param.copy_(merged.to(param.device, param.dtype))
+        applied.modules_touched = len({key.rpartition(".")[0] for key in applied.originals})
     return applied
 
 
-def _check_fits(base: BaseModel, table: dict, modules: dict[str, LoraModuleTensors]) -> None:
-    for name, lora in modules.items():
+def _check_fits(base: BaseModel, table: dict, modules: dict[str, ModuleDelta]) -> None:
+    for name, module in modules.items():
         if name not in table:
             raise ModelError(f"LoRA module '{name}' matches no layer of this {base.family.title} model; "
                              "is the LoRA for another model family?")
         shape = tuple(resolve_module(base, table[name]).weight.shape)
-        if delta_shape(lora) != shape:
-            raise ModelError(f"LoRA module '{name}' has the shape {list(delta_shape(lora))} but the model's layer is "
+        found = module.weight_shape()
+        if found is not None and found != shape:
+            raise ModelError(f"LoRA module '{name}' has the shape {list(found)} but the model's layer is "
                              f"{list(shape)}; is the LoRA for another model family?")
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from lorasmith.config.files import default_file_mode
 from lorasmith.errors import ModelError
-from lorasmith.network.kohya_tensors import group_lora_tensors
 
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
+KOHYA_PREFIXES = ("lora_unet_", "lora_te")  # every module name of a kohya-named LoRA/LyCORIS file
 
 
 def save_dtype(precision: str) -> Any:
@@ -96,7 +96,7 @@ def read_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def load_lora_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
-    """(tensors, metadata) of a kohya LoRA file; ModelError if it is missing, damaged or not a LoRA."""
+    """(tensors, metadata) of a kohya-named LoRA or LyCORIS file; ModelError if it is missing, damaged or not one."""
     from safetensors import safe_open
 
     path = _existing(path)
@@ -106,9 +106,11 @@ def load_lora_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, s
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as error:
         raise _corrupt(path, error) from None
-    if not any(k.endswith((".lora_down.weight", ".lora_up.weight")) for k in tensors):
+    from lorasmith.network.deltas import module_deltas
+
+    if not any(k.startswith(KOHYA_PREFIXES) for k in tensors):
         raise _not_a_lora(path)
-    group_lora_tensors(tensors)  # names the first tensor of a kind we cannot use
+    module_deltas(tensors)  # names the first tensor of a kind we cannot use
     return tensors, metadata
 
 
@@ -156,8 +158,8 @@ def _existing(path: str | os.PathLike) -> Path:
 
 
 def _not_a_lora(path: Path) -> ModelError:
-    return ModelError(f"'{path}' holds no kohya LoRA weights (no .lora_down/.lora_up tensors); "
-                      "pick a LoRA file, not a checkpoint or embedding")
+    return ModelError(f"'{path}' holds no kohya LoRA weights (no lora_unet_/lora_te tensors); "
+                      "pick a LoRA file, not a checkpoint or embedding (a diffusers-format LoRA: lorasmith lora convert)")
 
 
 def _corrupt(path: Path, error: Exception) -> ModelError:

@@ -73,16 +73,18 @@ def text_model_path(path: str) -> str:
     return path if path.startswith("text_model.") else f"text_model.{path}"
 
 
-def lora_host_modules(module: Any) -> Iterator[tuple[str, Any]]:
-    """(path, module) for every plain Linear/Conv2d, as sd-scripts finds them.
+def lora_host_modules(module: Any, norms: bool = False) -> Iterator[tuple[str, Any]]:
+    """(path, module) for every plain Linear/Conv2d, as sd-scripts finds them (and norm layers with `norms`,
+    which LyCORIS' train_norm trains).
 
     If peft LoRA layers are injected, their own lora_A/lora_B are skipped and a wrapped
     layer is reported at its original path (the `.base_layer` suffix removed).
     """
     import torch
 
+    kinds = (torch.nn.Linear, torch.nn.Conv2d) + ((torch.nn.LayerNorm, torch.nn.GroupNorm) if norms else ())
     for path, child in module.named_modules():
-        if type(child) not in (torch.nn.Linear, torch.nn.Conv2d):
+        if type(child) not in kinds:
             continue
         parts = path.split(".")
         if any(p in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B") for p in parts):
@@ -92,12 +94,12 @@ def lora_host_modules(module: Any) -> Iterator[tuple[str, Any]]:
         yield path, child
 
 
-def key_table(base: Any) -> dict[str, ModuleRef]:
-    """Every kohya key a LoRA for `base` may hold -> the module it names."""
+def key_table(base: Any, norms: bool = False) -> dict[str, ModuleRef]:
+    """Every kohya key a LoRA for `base` may hold -> the module it names (norm layers too with `norms`)."""
     table: dict[str, ModuleRef] = {}
     unet_config = dict(base.unet.config)
     for component in component_names(base.family):
-        for path, _ in lora_host_modules(component_module(base, component)):
+        for path, _ in lora_host_modules(component_module(base, component), norms):
             try:
                 key = kohya_key(base.family, component, path, unet_config)
             except ValueError:

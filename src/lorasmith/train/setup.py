@@ -135,6 +135,6 @@ def prepare_base_for_training(base, config: TrainConfig, train_text_encoder: boo
 
 
 def lora_spec(config: TrainConfig):
-    from lorasmith.network.lora import LoraSpec
+    from lorasmith.network.create import network_spec
 
-    return LoraSpec.from_config(config)
+    return network_spec(config)

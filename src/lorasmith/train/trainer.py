@@ -83,13 +83,13 @@ class Trainer(RunFiles):
     # ---- set-up -------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from lorasmith.network.lora import create_lora_network
+        from lorasmith.network.create import create_network
 
         config, base, accelerator = self.config, self.base, self.accelerator
         spec = lora_spec(config)
         prepare_base_for_training(base, config, spec.train_text_encoder)
         torch.manual_seed(config.seed)  # the LoRA's initial weights come from the seed
-        self.network = create_lora_network(base, spec)
+        self.network = create_network(base, spec)
         if config.network_weights:
             self._start_from(config.network_weights)
         self.train_text_encoder = spec.train_text_encoder

@@ -46,8 +46,29 @@ def svd(delta: Any) -> tuple[Any, Any, Any]:
     return torch.linalg.svd(matrix, full_matrices=False)
 
 
-def low_rank(delta: Any, rank: int, clamp_quantile: float | None = None, factors: tuple | None = None) -> LowRank:
+def product_svd(up: Any, down: Any) -> tuple[Any, Any, Any]:
+    """(U, S, Vh) of up @ down (both flattened to 2-d) without forming the product.
+
+    A LoRA delta has rank at most r, so a QR of each factor and the SVD of the small
+    r x r core give the same singular values and vectors as a full SVD (whose remaining
+    values are zero), at a cost linear in the layer's width instead of cubic. Computed in
+    float64 (cheap at this size) and returned in float32. up may carry several LoRAs' factors
+    side by side (rank r1 + r2 + ...), which is how merges use it.
+    """
+    import torch
+
+    qa, ra = torch.linalg.qr(up.flatten(1).double())  # up = qa @ ra
+    qb, rb = torch.linalg.qr(down.flatten(1).double().T)  # down = rb.T @ qb.T
+    core_u, s, core_vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)
+    return (qa @ core_u).float(), s.float(), (core_vh @ qb.T).float()
+
+
+def low_rank(delta: Any, rank: int, clamp_quantile: float | None = None, factors: tuple | None = None,
+             shape: tuple[int, ...] | None = None) -> LowRank:
     """The best rank-`rank` factors of `delta` (its SVD may be passed in as `factors`).
+
+    With `factors` (e.g. from `product_svd`) the delta itself is not needed: pass None and
+    its `shape` ([out, in] or [out, in, kh, kw]) instead.
 
     clamp_quantile (sd-scripts' extract option, e.g. 0.99) clips up and down to that quantile
     of their absolute values, which keeps fp16 files free of outliers.
@@ -55,6 +76,7 @@ def low_rank(delta: Any, rank: int, clamp_quantile: float | None = None, factors
     import torch
 
     u, s, vh = factors if factors is not None else svd(delta)
+    shape = tuple(delta.shape) if shape is None else tuple(shape)
     rank = max(1, min(int(rank), s.shape[0]))
     up = u[:, :rank] * s[:rank]
     down = vh[:rank]
@@ -63,9 +85,9 @@ def low_rank(delta: Any, rank: int, clamp_quantile: float | None = None, factors
             raise ToolError(f"--clamp_quantile must be above 0 and at most 1, got {clamp_quantile}")
         limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]).abs(), clamp_quantile)
         up, down = up.clamp(-limit, limit), down.clamp(-limit, limit)
-    if delta.dim() == 4:
+    if len(shape) == 4:
         up = up[:, :, None, None]
-        down = down.reshape(rank, *delta.shape[1:])
+        down = down.reshape(rank, *shape[1:])
     return LowRank(up.contiguous(), down.contiguous(), s, rank)
 
 

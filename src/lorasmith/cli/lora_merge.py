@@ -1,0 +1,63 @@
+"""`lorasmith lora merge`: LoRAs into one LoRA (sd-scripts' merge_lora.py / svd_merge_lora.py arguments),
+or, with --sd_model, into a checkpoint."""
+
+from __future__ import annotations
+
+SAVE_PRECISIONS = ("fp16", "bf16", "float")  # as network/files.py, whose imports would slow --help
+
+
+def add_lora_command(tools) -> None:
+    parser = tools.add_parser(
+        "merge", help="merge LoRAs into one LoRA, or into a checkpoint with --sd_model",
+        description="Merge LoRA files at their ratios. Without --sd_model the result is one LoRA: its ranks joined "
+        "(exact), or with --new_rank the best rank-N approximation of the sum. With --sd_model the LoRAs are "
+        "merged into that checkpoint's weights.")
+    parser.add_argument("--models", nargs="+", required=True, help="the LoRA files to merge (.safetensors)")
+    parser.add_argument("--ratios", nargs="+", type=float, default=None,
+                        help="one weight per model, e.g. 0.7 0.3 (default 1 each)")
+    parser.add_argument("--save_to", required=True, help="where to write the merged LoRA or checkpoint")
+    parser.add_argument("--sd_model", default=None, help="merge the LoRAs into this checkpoint instead")
+    parser.add_argument("--new_rank", type=int, default=None,
+                        help="rank of the merged LoRA, by SVD of the summed deltas; default: the ranks joined, exact")
+    parser.add_argument("--new_conv_rank", type=int, default=None,
+                        help="rank of 3x3 convolution (LoCon) modules with --new_rank; default: --new_rank")
+    parser.add_argument("--save_precision", choices=SAVE_PRECISIONS, default=None,
+                        help="precision of the saved file; default: the inputs'")
+    parser.add_argument("--verbose", action="store_true", help="print every merged module")
+    parser.add_argument("--overwrite", action="store_true", help="replace --save_to if it exists")
+    parser.set_defaults(handler=_merge)
+
+
+def _merge(args, extra) -> int:
+    from lorasmith.errors import ToolError
+
+    if args.sd_model is not None:
+        if args.new_rank is not None or args.new_conv_rank is not None:
+            raise ToolError("--new_rank and --new_conv_rank shape a merged LoRA; leave them out with --sd_model")
+        report = _merge_into_checkpoint(args)
+        lines = report.summary_lines()
+    else:
+        from lorasmith.tools.lora.merge_loras import merge_lora_files
+
+        report = merge_lora_files(args.models, args.ratios, args.save_to, new_rank=args.new_rank,
+                                  new_conv_rank=args.new_conv_rank, save_precision=args.save_precision,
+                                  overwrite=args.overwrite)
+        lines = report.summary_lines(verbose=args.verbose)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _merge_into_checkpoint(args):
+    from lorasmith.errors import ToolError
+
+    try:
+        from lorasmith.tools.lora.merge_checkpoint import merge_into_checkpoint
+    except ModuleNotFoundError as error:
+        if error.name != "lorasmith.tools.lora.merge_checkpoint":
+            raise
+        raise ToolError("merging into a checkpoint (--sd_model) is not in this build yet; "
+                        "leave --sd_model out to merge the LoRAs into one LoRA") from None
+    ratios = args.ratios if args.ratios is not None else [1.0] * len(args.models)
+    return merge_into_checkpoint(args.sd_model, args.models, ratios, args.save_to, overwrite=args.overwrite,
+                                 save_precision=args.save_precision)
