@@ -17,6 +17,9 @@ from lorasmith.errors import ModelError
 from lorasmith.network.kohya_tensors import ALPHA, DOWN, UP, LoraModuleTensors
 
 PLAIN_SUFFIXES = (DOWN, UP, ALPHA)
+# Tensor name endings that only LoRA/LyCORIS modules have: how a LoRA file is told from a checkpoint.
+MODULE_MARKERS = (".lora_down.weight", ".lora_up.weight", ".hada_w1_a", ".lokr_w1", ".lokr_w1_a", ".on_input",
+                  ".a1.weight", ".w_norm", ".diff", ".oft_blocks", ".oft_diag")
 BIAS_ALGOS = ("NormModule", "FullModule")  # LyCORIS kinds that change a layer's bias as well
 
 

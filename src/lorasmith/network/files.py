@@ -22,7 +22,6 @@ from lorasmith.config.files import default_file_mode
 from lorasmith.errors import ModelError
 
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
-KOHYA_PREFIXES = ("lora_unet_", "lora_te")  # every module name of a kohya-named LoRA/LyCORIS file
 
 
 def save_dtype(precision: str) -> Any:
@@ -106,9 +105,9 @@ def load_lora_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, s
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as error:
         raise _corrupt(path, error) from None
-    from lorasmith.network.deltas import module_deltas
+    from lorasmith.network.deltas import MODULE_MARKERS, module_deltas
 
-    if not any(k.startswith(KOHYA_PREFIXES) for k in tensors):
+    if not any(k.endswith(MODULE_MARKERS) for k in tensors):
         raise _not_a_lora(path)
     module_deltas(tensors)  # names the first tensor of a kind we cannot use
     return tensors, metadata
@@ -158,7 +157,7 @@ def _existing(path: str | os.PathLike) -> Path:
 
 
 def _not_a_lora(path: Path) -> ModelError:
-    return ModelError(f"'{path}' holds no kohya LoRA weights (no lora_unet_/lora_te tensors); "
+    return ModelError(f"'{path}' holds no kohya LoRA weights (no .lora_down/.lora_up or LyCORIS tensors); "
                       "pick a LoRA file, not a checkpoint or embedding (a diffusers-format LoRA: lorasmith lora convert)")
 
 

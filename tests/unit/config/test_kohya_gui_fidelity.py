@@ -113,12 +113,12 @@ def test_a_standard_lora_with_dropouts_and_block_weights_keeps_them_as_network_a
 
 def test_a_preset_that_plans_with_the_network_type_it_cannot_train_refuses_to_train(tmp_path, make_dataset):
     root = make_dataset({"10_mychar": 2})
-    resolved = _load(tmp_path, {**GUI_PRESET, "LoRA_type": "LyCORIS/LoHa", "train_data_dir": str(root)})
+    resolved = _load(tmp_path, {**GUI_PRESET, "LoRA_type": "LyCORIS/BOFT", "train_data_dir": str(root)})
     lines = []
     api.plan(resolved.config, given=resolved.given, events=lambda event: lines.append(event.text))
-    assert any(line.startswith("train will refuse: LyCORIS loha (network_module lycoris.kohya) is not trained")
+    assert any(line.startswith("train will refuse: LyCORIS algo=boft is not trained by lorasmith yet")
                for line in lines)
-    with pytest.raises(ConfigError, match="^LyCORIS loha .* set network_module networks.lora"):
+    with pytest.raises(ConfigError, match="^LyCORIS algo=boft .* pick one of those"):
         api.train(resolved.config, given=resolved.given, base=tiny_base_model("sdxl"))
 
 

@@ -80,11 +80,19 @@ def test_max_train_steps_given_alone_decides_the_length(tmp_path):
 
 def test_network_types_not_trained_are_named_for_train_to_refuse():
     assert unhonoured_settings(TrainConfig()) == []
-    [line] = unhonoured_settings(with_values(TrainConfig(), {"network_module": "lycoris.kohya",
-                                                               "network_args": ["algo=loha"]}))
-    assert line.startswith("LyCORIS loha (network_module lycoris.kohya) is not trained by lorasmith yet")
-    [line] = unhonoured_settings(with_values(TrainConfig(), {"network_args": ["rank_dropout=0.1"]}))
-    assert line.startswith("network_args rank_dropout=0.1 is not trained by lorasmith yet")
+    lycoris = {"network_module": "lycoris.kohya"}
+    assert unhonoured_settings(with_values(TrainConfig(), {**lycoris, "network_args": ["algo=loha", "factor=4"]})) == []
+    [line] = unhonoured_settings(with_values(TrainConfig(), {**lycoris, "network_args": ["algo=boft"]}))
+    assert line.startswith("LyCORIS algo=boft is not trained by lorasmith yet")
+    [line] = unhonoured_settings(with_values(TrainConfig(), {**lycoris, "network_args": ["algo=loha", "facter=4"]}))
+    assert line.startswith("network_args facter=4 is not read by lycoris.kohya (a typo?)")
+    [line] = unhonoured_settings(with_values(TrainConfig(), {"network_module": "networks.oft_flux"}))
+    assert line.startswith("Flux.1 OFT (network_module networks.oft_flux) is not trained by lorasmith yet")
+    assert unhonoured_settings(with_values(TrainConfig(), {"network_args": ["rank_dropout=0.1"]})) == []
+    [line] = unhonoured_settings(with_values(TrainConfig(), {"network_args": ["rank_dropout=0.1", "block_dims=2"]}))
+    assert line.startswith("network_args rank_dropout and block_dims cannot be trained together")
+    [line] = unhonoured_settings(with_values(TrainConfig(), {"network_args": ["algo=loha"]}))
+    assert line.startswith("network_args algo=loha is not trained by lorasmith yet (sd-scripts' networks.lora")
 
 
 def test_plan_and_train_print_the_lines_and_take_the_preset_anywhere(make_dataset, capsys):

@@ -48,7 +48,7 @@ def test_several_loras_each_at_its_weight_and_bit_exact_restore(tiny, tmp_path):
     name = "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
     layer = base.unet.up_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
     f16 = {k: v.half().float() for k, v in first.items()}
-    expected = (applied.originals[name][1]
+    expected = (applied.originals[f"{name}.weight"][1]
                 + 0.7 * f16[f"{name}.lora_up.weight"] @ f16[f"{name}.lora_down.weight"]
                 - 0.25 * second[f"{name}.lora_up.weight"] @ second[f"{name}.lora_down.weight"])
     assert torch.allclose(layer.weight, expected, atol=1e-6)

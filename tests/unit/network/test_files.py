@@ -94,13 +94,19 @@ def test_errors_are_one_line_and_say_what_to_do(tmp_path):
     assert all("\n" not in str(e.value) for e in cases)
 
 
-def test_dora_and_lycoris_files_are_reported_by_key(tmp_path):
+def test_dora_and_lycoris_files_load_and_a_tensor_of_no_known_kind_is_named(tmp_path):
+    from lorasmith.network.deltas import module_deltas
+
     dora = {**lora_tensors(), "lora_te_text_model_encoder_layers_0_self_attn_q_proj.dora_scale": torch.ones(1, 32)}
     path = tmp_path / "dora.safetensors"
     save_file(dora, str(path))
-    with pytest.raises(ModelError, match=r"lora_te_text_model_encoder_layers_0_self_attn_q_proj\.dora_scale.*DoRA"):
-        load_lora_file(path)
-    loha = {**lora_tensors(), "lora_unet_x.hada_w1_a": torch.ones(1, 2)}
+    kinds = {d.algo for d in module_deltas(load_lora_file(path)[0]).values()}
+    assert "LoConModule" in kinds  # DoRA: lycoris' LoCon with weight decomposition
+    loha = {"lora_unet_x.hada_w1_a": torch.ones(1, 2), "lora_unet_x.hada_w1_b": torch.ones(2, 3),
+            "lora_unet_x.hada_w2_a": torch.ones(1, 2), "lora_unet_x.hada_w2_b": torch.ones(2, 3)}
     save_file(loha, str(path))
-    with pytest.raises(ModelError, match="LoHa"):
+    assert {d.algo for d in module_deltas(load_lora_file(path)[0]).values()} == {"LohaModule"}
+    odd = {**lora_tensors(), "lora_unet_x.something_new": torch.ones(1, 2)}
+    save_file(odd, str(path))
+    with pytest.raises(ModelError, match=r"lora_unet_x\.something_new' is not a tensor of a LoRA or LyCORIS"):
         load_lora_file(path)
