@@ -77,6 +77,10 @@ def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ig
     train, reg = load_datasets(config, verify_images)
     step_plan = plan_steps(config, train, reg)
     family, configs = base_architecture(config)
+    from lorasmith.network.lycoris_network import uses_lycoris
+
+    if uses_lycoris(config):  # its size depends on the algorithm's factors: not estimated (yet)
+        return step_plan
     step_plan.lora_file_bytes = estimate_lora_bytes(
         family, config.network_dim, conv_rank=config.conv_dim,
         train_unet=not config.network_train_text_encoder_only,

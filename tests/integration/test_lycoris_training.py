@@ -96,3 +96,26 @@ def test_generate_applies_a_lycoris_file_and_weight_zero_is_the_base(tiny_train_
     plain, zero, full = image(None), image(0.0), image(1.0)
     assert np.array_equal(plain, zero)
     assert np.abs(full - plain).max() > 0
+
+
+def test_network_weights_start_a_lycoris_run_from_its_file_and_a_file_of_another_kind_is_refused(tiny_train_config,
+                                                                                                  tmp_path):
+    from lorasmith.errors import ModelError
+    from lorasmith.events import Message
+
+    first = api.train(tiny_train_config(max_train_epochs=1, learning_rate=1e-2, network_module="lycoris.kohya",
+                                        network_args=["algo=loha"]), base=tiny_base_model("sd1"))
+    events = []
+    again = tiny_train_config(max_train_epochs=1, learning_rate=1e-12, network_module="lycoris.kohya",
+                              network_args=["algo=loha"], network_weights=first.final_file,
+                              output_dir=str(tmp_path / "again"), save_precision="float")
+    second = api.train(again, events=events.append, base=tiny_base_model("sd1"))
+    assert any(isinstance(e, Message) and e.text.startswith("starting from the LoRA weights") for e in events)
+    a, _ = load_lora_file(first.final_file)
+    b, _ = load_lora_file(second.final_file)
+    for key in a:  # a rate of 1e-12 leaves the weights where the file had them
+        torch.testing.assert_close(b[key], a[key].float(), rtol=0, atol=1e-6)
+    other = tiny_train_config(max_train_epochs=1, network_module="lycoris.kohya", network_args=["algo=lokr"],
+                              network_weights=first.final_file, output_dir=str(tmp_path / "other"))
+    with pytest.raises(ModelError, match="hada_.*lokr network does not have"):
+        api.train(other, base=tiny_base_model("sd1"))
