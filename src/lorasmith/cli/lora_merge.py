@@ -30,18 +30,22 @@ def add_lora_command(tools) -> None:
 
 def _merge(args, extra) -> int:
     from lorasmith.errors import ToolError
+    from lorasmith.tools.lora.merge_loras import check_merge_counts
 
+    check_merge_counts(len(args.models), args.ratios)
     if args.sd_model is not None:
         if args.new_rank is not None or args.new_conv_rank is not None:
             raise ToolError("--new_rank and --new_conv_rank shape a merged LoRA; leave them out with --sd_model")
         report = _merge_into_checkpoint(args)
         lines = report.summary_lines()
     else:
+        from lorasmith.cli.lora_resize import one_thread
         from lorasmith.tools.lora.merge_loras import merge_lora_files
 
-        report = merge_lora_files(args.models, args.ratios, args.save_to, new_rank=args.new_rank,
-                                  new_conv_rank=args.new_conv_rank, save_precision=args.save_precision,
-                                  overwrite=args.overwrite)
+        with one_thread():  # small QR/SVD calls (see there); merging into a checkpoint keeps its threads
+            report = merge_lora_files(args.models, args.ratios, args.save_to, new_rank=args.new_rank,
+                                      new_conv_rank=args.new_conv_rank, save_precision=args.save_precision,
+                                      overwrite=args.overwrite)
         lines = report.summary_lines(verbose=args.verbose)
     for line in lines:
         print(line)

@@ -29,7 +29,8 @@ from lorasmith.tools.lora.svd import low_rank, product_svd
 
 # Key prefixes that tell the two UNet layouts apart (SDXL's follows the original LDM names).
 _LAYOUTS = {
-    "SDXL": ("lora_te1_", "lora_te2_", "lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"),
+    "SDXL": ("lora_te1_", "lora_te2_", "lora_unet_input_blocks_", "lora_unet_middle_block_",
+             "lora_unet_output_blocks_"),
     "SD1/SD2": ("lora_te_", "lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_"),
 }
 # modelspec keys a merge keeps where all inputs agree; title, date and merged_from are its own.
@@ -107,21 +108,28 @@ def merge_loras(loras: list[dict[str, Any]], ratios: list[float], new_rank: int 
     out: dict[str, Any] = {}
     modules = []
     for name, sources in parts.items():
-        up, down = _joined_factors(sources)
-        shape = delta_shape(sources[0][1])
-        conv = len(shape) == 4 and tuple(shape[2:]) != (1, 1)
-        wanted = (new_conv_rank or new_rank) if conv else new_rank
-        energy, discarded = 1.0, 0.0
-        if wanted is not None:
-            best = low_rank(None, min(wanted, down.shape[0]), factors=product_svd(up, down), shape=shape)
-            up, down, energy, discarded = best.up, best.down, best.energy_kept, best.discarded_norm
-        rank = int(down.shape[0])
-        out_dtype = dtype or _float32()
-        out[f"{name}.{DOWN}"] = down.to(out_dtype).contiguous()
-        out[f"{name}.{UP}"] = up.to(out_dtype).contiguous()
-        out[f"{name}.{ALPHA}"] = _tensor(float(rank), out_dtype)  # scale 1: the factors carry it all
-        modules.append(ModuleMerge(name, len(sources), rank, conv, energy, discarded))
+        tensors, merged = _merge_module(name, sources, new_rank, new_conv_rank, dtype)
+        out.update(tensors)
+        modules.append(merged)
     return MergeResult(out, modules)
+
+
+def _merge_module(name: str, sources: list[tuple[float, LoraModuleTensors, str]], new_rank: int | None,
+                  new_conv_rank: int | None, dtype: Any) -> tuple[dict[str, Any], ModuleMerge]:
+    import torch
+
+    up, down = _joined_factors(sources)
+    shape = delta_shape(sources[0][1])
+    conv = _is_3x3(sources[0][1])
+    wanted = (new_conv_rank or new_rank) if conv else new_rank
+    energy, discarded = 1.0, 0.0
+    if wanted is not None:
+        best = low_rank(None, min(wanted, down.shape[0]), factors=product_svd(up, down), shape=shape)
+        up, down, energy, discarded = best.up, best.down, best.energy_kept, best.discarded_norm
+    rank, dtype = int(down.shape[0]), dtype or torch.float32
+    tensors = {f"{name}.{DOWN}": down.to(dtype).contiguous(), f"{name}.{UP}": up.to(dtype).contiguous(),
+               f"{name}.{ALPHA}": torch.tensor(float(rank), dtype=dtype)}  # scale 1: the factors carry it all
+    return tensors, ModuleMerge(name, len(sources), rank, conv, energy, discarded)
 
 
 def check_merge_counts(models: int, ratios: list[float] | None) -> None:
@@ -186,18 +194,6 @@ def _is_3x3(module: LoraModuleTensors) -> bool:
     return module.down.dim() == 4 and tuple(module.down.shape[2:]) != (1, 1)
 
 
-def _tensor(value: float, dtype: Any) -> Any:
-    import torch
-
-    return torch.tensor(value, dtype=dtype)
-
-
-def _float32() -> Any:
-    import torch
-
-    return torch.float32
-
-
 def merge_lora_files(models: list[str | os.PathLike], ratios: list[float] | None, save_to: str | os.PathLike, *,
                      new_rank: int | None = None, new_conv_rank: int | None = None,
                      save_precision: str | None = None, overwrite: bool = False) -> MergeReport:
@@ -227,8 +223,10 @@ def _check_base_models(metadatas: list[dict[str, str]], names: list[str]) -> Non
 
 def _common_dtype(tensor_sets: list[dict[str, Any]]) -> Any:
     """The inputs' float dtype when they share one (two fp16 LoRAs merge to fp16), else float32."""
+    import torch
+
     dtypes = {t.dtype for tensors in tensor_sets for k, t in tensors.items() if not k.endswith(ALPHA)}
-    return dtypes.pop() if len(dtypes) == 1 else _float32()
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
 def merged_metadata(metadatas: list[dict[str, str]], names: list[str], ratios: list[float],

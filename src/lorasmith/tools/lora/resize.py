@@ -156,12 +156,12 @@ def resize_lora_file(model: str | os.PathLike, save_to: str | os.PathLike, new_r
     tensors, metadata = load_plain_lora(model, "resize")
     result = resize_lora(tensors, new_rank, new_conv_rank, dynamic_method, dynamic_param, dtype)
     dynamic = f"{dynamic_method} {dynamic_param:g}" if dynamic_method else None
-    save_lora_file(path, result.tensors, resized_metadata(metadata, result.modules, new_rank, new_conv_rank, dynamic))
+    save_lora_file(path, result.tensors, resized_metadata(metadata, result.modules, new_rank, dynamic))
     return ResizeReport(path, path.stat().st_size, result.modules, dynamic)
 
 
 def resized_metadata(metadata: dict[str, str], modules: list[ModuleResize], new_rank: int,
-                     new_conv_rank: int | None, dynamic: str | None) -> dict[str, str]:
+                     dynamic: str | None) -> dict[str, str]:
     """The input's metadata with the keys sd-scripts' resize updates: dim, alpha, a note in the comment."""
     updated = {k: v for k, v in metadata.items() if not k.startswith("sshs_")}  # save_lora_file hashes again
     comment = metadata.get("ss_training_comment", "")
@@ -172,7 +172,8 @@ def resized_metadata(metadata: dict[str, str], modules: list[ModuleResize], new_
         return updated
     conv = [m for m in modules if m.conv]
     linear = [m for m in modules if not m.conv]
-    conv_note = f" (conv: {rank_span(m.new_rank for m in conv)})" if conv and {m.new_rank for m in conv} != {new_rank} else ""
+    conv_ranks = {m.new_rank for m in conv}
+    conv_note = f" (conv: {rank_span(conv_ranks)})" if conv_ranks and conv_ranks != {new_rank} else ""
     updated["ss_training_comment"] = f"dimension is resized from {old} to {new_rank}{conv_note}; {comment}"
     updated["ss_network_dim"] = str(new_rank)
     updated["ss_network_alpha"] = one_or_dynamic(m.new_alpha for m in linear or modules)
@@ -190,7 +191,8 @@ def _conv_args(network_args: str, conv: list[ModuleResize]) -> str:
     if not isinstance(args, dict) or "conv_dim" not in args:
         return network_args
     args["conv_dim"] = one_or_dynamic(m.new_rank for m in conv)
-    args["conv_alpha"] = one_or_dynamic(int(a) if float(a).is_integer() else a for a in (m.new_alpha for m in conv))
+    # As sd-scripts' command line gives it ("conv_alpha=4"): whole numbers without ".0".
+    args["conv_alpha"] = one_or_dynamic(int(m.new_alpha) if m.new_alpha.is_integer() else m.new_alpha for m in conv)
     return json.dumps(args)
 
 
