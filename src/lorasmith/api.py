@@ -432,3 +432,52 @@ def doctor_dataset(folder, events: EventSink = ignore_events, **options):
     from lorasmith.tools.doctor import doctor_dataset as run
 
     return run(folder, events=events, **options)
+
+
+# --- the LoRA toolbox (sd-scripts' networks/*.py scripts, with their argument names) ---
+
+
+def lora_inspect(path: str):
+    """What a LoRA file is: family, network type, ranks per block, metadata, and who will load it."""
+    from lorasmith.tools.lora.inspect_lora import inspect_lora
+
+    return inspect_lora(path)
+
+
+def lora_merge(models: list, ratios: list | None, save_to: str, *, sd_model: str | None = None,
+               new_rank: int | None = None, new_conv_rank: int | None = None, save_precision: str | None = None,
+               overwrite: bool = False):
+    """LoRAs into one LoRA (ranks concatenated, or SVD to new_rank), or into the checkpoint `sd_model`."""
+    if sd_model:
+        from lorasmith.errors import ToolError
+        from lorasmith.tools.lora.merge_checkpoint import merge_into_checkpoint
+
+        if new_rank is not None or new_conv_rank is not None:
+            raise ToolError("--new_rank applies to merging LoRAs into a LoRA, not into a checkpoint; leave it out")
+        return merge_into_checkpoint(sd_model, list(models), list(ratios or [1.0] * len(models)), save_to,
+                                     overwrite=overwrite, save_precision=save_precision)
+    from lorasmith.tools.lora.merge_loras import merge_lora_files
+
+    return merge_lora_files(list(models), ratios, save_to, new_rank=new_rank, new_conv_rank=new_conv_rank,
+                            save_precision=save_precision, overwrite=overwrite)
+
+
+def lora_resize(model: str, save_to: str, new_rank: int, **options):
+    """A LoRA at a lower rank by SVD (new_conv_rank, dynamic_method, dynamic_param, save_precision, overwrite)."""
+    from lorasmith.tools.lora.resize import resize_lora_file
+
+    return resize_lora_file(model, save_to, new_rank, **options)
+
+
+def lora_extract(model_org: str, model_tuned: str, save_to: str, dim: int = 4, **options):
+    """The LoRA of a fine-tuned checkpoint minus its base (conv_dim, clamp_quantile, min_diff, ...)."""
+    from lorasmith.tools.lora.extract import extract_lora
+
+    return extract_lora(model_org, model_tuned, save_to, dim, **options)
+
+
+def lora_convert(path: str, to: str, save_to: str, overwrite: bool = False):
+    """kohya keys to diffusers/peft keys ("diffusers") and back ("kohya")."""
+    from lorasmith.tools.lora.convert import convert_lora
+
+    return convert_lora(path, to, save_to, overwrite=overwrite)

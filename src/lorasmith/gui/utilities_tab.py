@@ -1,4 +1,4 @@
-"""Utilities: captioning (WD14, BLIP, basic), the tag editor with its frequency table, the doctor.
+"""Utilities: captioning (WD14, BLIP, basic), the tag editor with its frequency table, the doctor, LoRA tools.
 
 Part 03 of the tutorial: caption the images, look at which tags occur how often, prune or
 add tags (the trigger word first), then let the doctor check the folder before training.
@@ -107,6 +107,10 @@ def build_utilities_tab(browse_root: str) -> None:
             check = gr.Button("Check the dataset", variant="primary")
             report = gr.Markdown(elem_id="doctor-report")
             check.click(doctor, inputs=[folder, extension, resolution], outputs=report)
+        with gr.Tab("LoRA tools", id="lora-tools"):
+            from lorasmith.gui.lora_tools_tab import build_lora_tools_tab
+
+            build_lora_tools_tab()
 
 
 def _captioning(folder, extension) -> None:
