@@ -4,7 +4,8 @@ The LoRA tools that work on whole checkpoints (merge into a checkpoint, extract)
 the checkpoint's own tensors one at a time instead of loading the model. This module builds
 the map kohya module name -> (file, tensor name, part of the tensor) from the family's configs
 with the modules on the meta device (no weights): the layers are enumerated as `key_table`
-does and each layer's diffusers path is renamed with `ldm_layout`, the same tables that
+does (norm layers included, which LyCORIS' train_norm changes; biases too, for the kinds that
+change them) and each layer's diffusers path is renamed with `ldm_layout`, the same tables that
 convert whole models, so the map fits the real SD1.x/SD2.x/SDXL checkpoints and the tiny ones.
 
 Only OpenCLIP (SD2's text encoder, SDXL's second) needs more than a rename: it stores q, k

@@ -87,11 +87,13 @@ def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, s
     family: "auto", or the family the user said (--sdxl, --v2), checked against the files.
     clamp_quantile None keeps the factors as they are. modelspec False: only the ss_* metadata.
     """
-    import torch
-
     started = time.monotonic()
     _check_numbers(dim, conv_dim, min_diff)
     _check_device(device)
+    from lorasmith.network.files import save_dtype, save_lora_file
+
+    precision = save_precision or "float"
+    save_dtype(precision)  # an unknown precision is said now, not after the SVDs
     out = checked_output(save_to, [model_org, model_tuned], overwrite)
     if out.suffix.lower() != ".safetensors":
         raise ToolError(f"--save_to '{out.name}' must end in .safetensors; kohya LoRAs are .safetensors files")
@@ -103,33 +105,41 @@ def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, s
     _check_shapes(org, tuned, targets)
     tensors: dict[str, Any] = {}
     parts = []
-    with CheckpointReader(org) as a, CheckpointReader(tuned) as b, torch.no_grad():
+    with CheckpointReader(org) as a, CheckpointReader(tuned) as b:
         for component in dict.fromkeys(t.ref.component for t in targets):
-            group = [t for t in targets if t.ref.component == component]
             part = PartReport(_part_name(org.family, component))
+            group = [t for t in targets if t.ref.component == component]
+            tensors.update(_extract_part(a, b, group, part, dim, conv_dim, clamp_quantile, min_diff, device))
             parts.append(part)
-            if component != UNET:  # as sd-scripts: an encoder that did not change was not trained
-                part.largest_diff = max(_difference(a, b, t.ref.key).abs().max().item() for t in group)
-                if part.largest_diff <= min_diff:
-                    part.left_out = True
-                    continue
-            for target in group:
-                diff = _difference(a, b, target.ref.key)
-                part.largest_diff = max(part.largest_diff, diff.abs().max().item())
-                if not diff.any():
-                    part.unchanged += 1
-                    continue
-                rank = conv_dim if target.uses_conv_rank else dim
-                tensors.update(_module(target.ref.key, diff.to(device), rank, clamp_quantile, part))
     if not tensors:
         raise ToolError(f"'{Path(model_tuned).name}' and '{Path(model_org).name}' have the same weights in every "
                         "layer a LoRA covers; there is nothing to extract")
-    from lorasmith.network.files import save_lora_file
-
-    precision = save_precision or "float"
     metadata = _metadata(org, dim, conv_dim, out, Path(model_org), Path(model_tuned), modelspec)
     save_lora_file(out, tensors, metadata, precision)
     return ExtractReport(out, org.family, dim, conv_dim, precision, min_diff, parts, time.monotonic() - started)
+
+
+def _extract_part(a: CheckpointReader, b: CheckpointReader, group: list, part: PartReport, dim: int, conv_dim: int,
+                  clamp_quantile: float | None, min_diff: float, device: str) -> dict[str, Any]:
+    """The kohya tensors of one part's layers (none for a text encoder that did not change)."""
+    import torch
+
+    tensors: dict[str, Any] = {}
+    with torch.no_grad():
+        if group[0].ref.component != UNET:  # as sd-scripts: an encoder that did not change was not trained
+            part.largest_diff = max(_difference(a, b, t.ref.key).abs().max().item() for t in group)
+            if part.largest_diff <= min_diff:
+                part.left_out = True
+                return tensors
+        for target in group:
+            diff = _difference(a, b, target.ref.key)
+            part.largest_diff = max(part.largest_diff, diff.abs().max().item())
+            if not diff.any():
+                part.unchanged += 1
+                continue
+            rank = conv_dim if target.uses_conv_rank else dim
+            tensors.update(_module(target.ref.key, diff.to(device), rank, clamp_quantile, part))
+    return tensors
 
 
 def _check_numbers(dim: Any, conv_dim: Any, min_diff: Any) -> None:

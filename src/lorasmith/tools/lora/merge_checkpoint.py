@@ -76,6 +76,9 @@ def merge_into_checkpoint(sd_model: str | os.PathLike, models: list, ratios: lis
     out = checked_output(save_to, [source, *models], overwrite)
     if checkpoint.layout == SINGLE_FILE and out.suffix.lower() != ".safetensors":
         raise ToolError(f"--save_to '{out.name}' must end in .safetensors (the checkpoint is one file)")
+    if checkpoint.layout != SINGLE_FILE and out.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        raise ToolError(f"--save_to '{out.name}' names a file, but the checkpoint is a diffusers folder; "
+                        "give a folder name")
     dtype = _save_dtype(save_precision)
     loras, touches = _plan(checkpoint, models, ratios)
     report = MergeReport(source, out, checkpoint.family.title, checkpoint.layout, loras)
