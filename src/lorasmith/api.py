@@ -453,7 +453,7 @@ def lora_merge(models: list, ratios: list | None, save_to: str, *, sd_model: str
         from lorasmith.tools.lora.merge_checkpoint import merge_into_checkpoint
 
         if new_rank is not None or new_conv_rank is not None:
-            raise ToolError("--new_rank applies to merging LoRAs into a LoRA, not into a checkpoint; leave it out")
+            raise ToolError("--new_rank and --new_conv_rank shape a merged LoRA; leave them out with --sd_model")
         return merge_into_checkpoint(sd_model, list(models), list(ratios or [1.0] * len(models)), save_to,
                                      overwrite=overwrite, save_precision=save_precision)
     from lorasmith.tools.lora.merge_loras import merge_lora_files

@@ -29,39 +29,18 @@ def add_lora_command(tools) -> None:
 
 
 def _merge(args, extra) -> int:
-    from lorasmith.errors import ToolError
+    from contextlib import nullcontext
+
+    from lorasmith import api
+    from lorasmith.cli.lora_resize import one_thread
     from lorasmith.tools.lora.merge_loras import check_merge_counts
 
     check_merge_counts(len(args.models), args.ratios)
-    if args.sd_model is not None:
-        if args.new_rank is not None or args.new_conv_rank is not None:
-            raise ToolError("--new_rank and --new_conv_rank shape a merged LoRA; leave them out with --sd_model")
-        report = _merge_into_checkpoint(args)
-        lines = report.summary_lines()
-    else:
-        from lorasmith.cli.lora_resize import one_thread
-        from lorasmith.tools.lora.merge_loras import merge_lora_files
-
-        with one_thread():  # small QR/SVD calls (see there); merging into a checkpoint keeps its threads
-            report = merge_lora_files(args.models, args.ratios, args.save_to, new_rank=args.new_rank,
-                                      new_conv_rank=args.new_conv_rank, save_precision=args.save_precision,
-                                      overwrite=args.overwrite)
-        lines = report.summary_lines(verbose=args.verbose)
-    for line in lines:
+    # small QR/SVD calls go faster on one thread (see one_thread); merging into a checkpoint keeps its threads
+    with nullcontext() if args.sd_model else one_thread():
+        report = api.lora_merge(args.models, args.ratios, args.save_to, sd_model=args.sd_model,
+                                new_rank=args.new_rank, new_conv_rank=args.new_conv_rank,
+                                save_precision=args.save_precision, overwrite=args.overwrite)
+    for line in report.summary_lines() if args.sd_model else report.summary_lines(verbose=args.verbose):
         print(line)
     return 0
-
-
-def _merge_into_checkpoint(args):
-    from lorasmith.errors import ToolError
-
-    try:
-        from lorasmith.tools.lora.merge_checkpoint import merge_into_checkpoint
-    except ModuleNotFoundError as error:
-        if error.name != "lorasmith.tools.lora.merge_checkpoint":
-            raise
-        raise ToolError("merging into a checkpoint (--sd_model) is not in this build yet; "
-                        "leave --sd_model out to merge the LoRAs into one LoRA") from None
-    ratios = args.ratios if args.ratios is not None else [1.0] * len(args.models)
-    return merge_into_checkpoint(args.sd_model, args.models, ratios, args.save_to, overwrite=args.overwrite,
-                                 save_precision=args.save_precision)

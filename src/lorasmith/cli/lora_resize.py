@@ -50,10 +50,10 @@ def one_thread():
 
 
 def _resize(args, extra) -> int:
-    from lorasmith.tools.lora.resize import resize_lora_file
+    from lorasmith.api import lora_resize
 
     with one_thread():
-        report = resize_lora_file(args.model, args.save_to, args.new_rank, new_conv_rank=args.new_conv_rank,
+        report = lora_resize(args.model, args.save_to, args.new_rank, new_conv_rank=args.new_conv_rank,
                                   dynamic_method=args.dynamic_method, dynamic_param=args.dynamic_param,
                                   save_precision=args.save_precision, overwrite=args.overwrite)
     for line in report.summary_lines(verbose=args.verbose):
