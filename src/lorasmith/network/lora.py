@@ -226,9 +226,13 @@ class LoraNetwork:
         """Take the LoRA layers out again, leaving the base model as it was before injection."""
         for hook in self._hooks:
             hook.remove()
+        roots = {}
         for m in self.modules:
-            root = component_module(self.base, m.target.ref.component)
+            root = roots.setdefault(m.target.ref.component, component_module(self.base, m.target.ref.component))
             root.set_submodule(m.target.ref.path, m.layer.get_base_layer())
+        for root in roots.values():
+            if hasattr(root, "peft_config"):  # peft's record of the adapter: a new network would warn of two
+                del root.peft_config
         self.modules = []
 
 
