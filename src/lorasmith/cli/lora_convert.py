@@ -19,7 +19,7 @@ def add_lora_command(tools) -> None:
 
 
 def _convert(args, extra) -> int:
-    from lorasmith.tools.lora.convert import convert_lora
+    from lorasmith.api import lora_convert as convert_lora
 
     report = convert_lora(args.file, args.to, args.save_to, overwrite=args.overwrite)
     for line in report.summary_lines():

@@ -17,7 +17,7 @@ def add_lora_command(tools) -> None:
 def _inspect(args, extra) -> int:
     import json
 
-    from lorasmith.tools.lora.inspect_lora import inspect_lora
+    from lorasmith.api import lora_inspect as inspect_lora
 
     report = inspect_lora(args.file)
     if args.json:
