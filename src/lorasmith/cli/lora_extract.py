@@ -34,8 +34,8 @@ def add_lora_command(tools) -> None:
 
 
 def _extract(args, extra) -> int:
-    from lorasmith.errors import ToolError
     from lorasmith.api import lora_extract as extract_lora
+    from lorasmith.errors import ToolError
 
     if args.sdxl and args.v2:
         raise ToolError("--sdxl and --v2 name different families; give at most one of them")

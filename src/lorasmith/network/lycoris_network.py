@@ -90,7 +90,9 @@ def network_args_of(config: Any) -> dict[str, str]:
 def uses_lycoris(config: Any) -> bool:
     """Whether this config's network is built by lycoris-lora."""
     module = config.network_module.strip()
-    return module == LYCORIS_MODULE or (module == "networks.lora" and bool(PLAIN_VIA_LYCORIS & set(network_args_of(config))))
+    if module == LYCORIS_MODULE:
+        return True
+    return module == "networks.lora" and bool(PLAIN_VIA_LYCORIS & set(network_args_of(config)))
 
 
 @dataclass

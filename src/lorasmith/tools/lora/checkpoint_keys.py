@@ -226,7 +226,10 @@ def _stored_names(family: Family, component: str, module: Any, path: str, layout
                   unet_config: dict) -> tuple[tuple[str, ...], int | None, bool]:
     """(candidate names of the layer's weight, which third of a fused in_proj, transposed)."""
     from lorasmith.models.ldm_layout import (
-        TEXT_ENCODER_LAYOUT, UNET_PREFIX, open_clip_param_name_to_ldm, unet_module_name_to_ldm,
+        TEXT_ENCODER_LAYOUT,
+        UNET_PREFIX,
+        open_clip_param_name_to_ldm,
+        unet_module_name_to_ldm,
     )
 
     if component == UNET:

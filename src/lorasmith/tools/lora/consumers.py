@@ -329,9 +329,14 @@ def _diffusers_names(state: dict[str, Any], arch: Architecture) -> dict[str, Any
     from types import SimpleNamespace
 
     from diffusers.loaders.lora_conversion_utils import (
-        _convert_non_diffusers_lora_to_diffusers, _maybe_map_sgm_blocks_to_diffusers)
+        _convert_non_diffusers_lora_to_diffusers,
+        _maybe_map_sgm_blocks_to_diffusers,
+    )
     from diffusers.utils.state_dict_utils import (
-        convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft)
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
 
     if state and all(k.startswith(KOHYA_PREFIXES) for k in state):
         if arch.family.name == "sdxl":

@@ -28,7 +28,15 @@ from typing import Any
 from lorasmith.errors import ToolError
 from lorasmith.models.families import Family
 from lorasmith.tools.lora.consumers import (
-    COMPONENTS, DIFFUSERS, KOHYA, PEFT_SUFFIXES, Architecture, Slot, key_format, match_architecture)
+    COMPONENTS,
+    DIFFUSERS,
+    KOHYA,
+    PEFT_SUFFIXES,
+    Architecture,
+    Slot,
+    key_format,
+    match_architecture,
+)
 
 TARGETS = (DIFFUSERS, KOHYA)
 ADAPTER_METADATA = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY

@@ -19,7 +19,14 @@ from typing import Any
 
 from lorasmith.errors import ModelError, ToolError
 from lorasmith.tools.lora.consumers import (
-    DIFFUSERS, KOHYA, Architecture, Verdict, judge, key_format, match_architecture)
+    DIFFUSERS,
+    KOHYA,
+    Architecture,
+    Verdict,
+    judge,
+    key_format,
+    match_architecture,
+)
 from lorasmith.tools.lora.convert import adapter_configs, config_alpha, network_name, peft_parts
 
 TOP_TAGS = 10

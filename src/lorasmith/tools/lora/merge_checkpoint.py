@@ -21,9 +21,14 @@ from typing import Any, Iterator
 
 from lorasmith.errors import ModelError, ToolError
 from lorasmith.tools.lora.checkpoint_keys import (
-    PICKLE_SUFFIXES, SINGLE_FILE, CheckpointMap, Slot, checkpoint_map,
+    PICKLE_SUFFIXES,
+    SINGLE_FILE,
+    CheckpointMap,
+    Slot,
+    checkpoint_map,
 )
 from lorasmith.tools.lora.outputs import atomic_path, checked_output
+
 
 @dataclass
 class MergedLora:
