@@ -18,8 +18,9 @@ def add_lora_command(tools) -> None:
     parser.add_argument("--dim", type=int, default=4, help="rank of the LoRA (default 4)")
     parser.add_argument("--conv_dim", type=int, default=None,
                         help="rank of the 3x3 convolutions (LoCon); default: leave them out")
-    parser.add_argument("--clamp_quantile", type=float, default=0.99,
-                        help="clip the factors to this quantile of their absolute values (default 0.99; 1 keeps all)")
+    parser.add_argument("--clamp_quantile", type=float, default=None,
+                        help="clip the factors to this quantile of their absolute values, e.g. 0.99 as sd-scripts "
+                        "does (default: the exact SVD, unclipped)")
     parser.add_argument("--min_diff", type=float, default=0.01,
                         help="a text encoder whose largest difference is at most this is left out (default 0.01)")
     parser.add_argument("--save_precision", choices=SAVE_PRECISIONS, default=None,

@@ -79,7 +79,8 @@ def extract(model_org, model_tuned, dim, conv_dim, clamp_quantile, min_diff, pre
     if missing:
         return missing
     return _shown(run_tool("lora_extract", model_org.strip(), model_tuned.strip(), save_to.strip(), int(dim),
-                           conv_dim=int(conv_dim or 0), clamp_quantile=float(clamp_quantile),
+                           conv_dim=int(conv_dim or 0),
+                           clamp_quantile=float(clamp_quantile) if 0 < float(clamp_quantile or 0) < 1 else None,
                            min_diff=float(min_diff), save_precision=_precision(precision), overwrite=bool(overwrite)))
 
 
@@ -128,7 +129,8 @@ def build_lora_tools_tab() -> None:
             with gr.Row():
                 dim = gr.Number(32, precision=0, label="Rank (--dim)")
                 conv_dim = gr.Number(0, precision=0, label="Conv rank (--conv_dim)")
-                clamp = gr.Number(0.99, label="Clamp quantile (--clamp_quantile)")
+                clamp = gr.Number(1.0, label="Clamp quantile (--clamp_quantile)",
+                                  info="1: the exact SVD; sd-scripts clips at 0.99.")
                 min_diff = gr.Number(0.01, label="Smallest difference (--min_diff)")
             outputs = _output_fields("extracted.safetensors")
             button = gr.Button("Extract", variant="primary")

@@ -124,13 +124,19 @@ def _lycoris_merged(delta: ModuleDelta, weight: Any, bias: Any, multiplier: floa
 
     module_class = next(c for c in MODULE_LIST if c.__name__ == delta.algo)
     keyed = {f"{delta.name}.{suffix}": t.float() for suffix, t in delta.tensors.items()}
-    params = module_class.extract_state_dict(keyed, delta.name)
+    dora = keyed.get(f"{delta.name}.dora_scale")
+    # lycoris-lora rebuilds DoRA only in its default (out, 1) layout; the (1, in) one A1111 and ComfyUI read
+    # (and we write) is rebuilt without it and given its scale and side afterwards
+    params = [None if k == "dora_scale" else keyed.get(f"{delta.name}.{k}") for k in module_class.weight_list]
     host = _stand_in_layer(weight.float(), None if bias is None else bias.float())
     try:
         module = _ia3_module(module_class, keyed, delta.name, host) if delta.algo == "IA3Module" else \
             make_module(module_class, params, delta.name, host)
         if module is None:
             raise ValueError("not rebuildable")
+        if dora is not None:
+            module.wd, module.wd_on_out = True, dora.shape[0] != 1 or weight.shape[0] == 1
+            module.dora_scale = torch.nn.Parameter(dora, requires_grad=False)
         with torch.no_grad():
             merged, new_bias = _merged_as_forward(module, delta.algo, weight.float(), multiplier)
     except (RuntimeError, ValueError, TypeError, AttributeError) as error:

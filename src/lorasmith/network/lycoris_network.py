@@ -167,6 +167,9 @@ def create_lycoris_network(base: BaseModel, spec: LycorisSpec) -> LycorisNetwork
         component_module(base, component).requires_grad_(False)
     encoders = list(base.text_encoders) if spec.train_text_encoder else []
     kwargs = dict(spec.args)
+    # DoRA's dora_scale: lycoris' default layout (out, 1) is what A1111 and ComfyUI apply wrongly; both read
+    # (1, in), which wd_on_output=False writes (shared/reference/lycoris-and-tools.md)
+    kwargs.setdefault("wd_on_output", "False")
     if spec.conv_rank:  # lycoris trains convolutions at network_dim unless conv_dim is given
         kwargs.update(conv_dim=str(spec.conv_rank), conv_alpha=str(spec.conv_alpha or spec.conv_rank))
     with _CREATION, _presets_for_diffusers(kohya, spec), _quiet_lycoris():

@@ -25,8 +25,10 @@ from lorasmith.network.kohya_keys import UNET
 from lorasmith.tools.lora.checkpoint_keys import CheckpointMap, CheckpointReader, checkpoint_map
 from lorasmith.tools.lora.outputs import checked_output
 
-CLAMP_QUANTILE = 0.99  # sd-scripts' defaults
-MIN_DIFF = 0.01
+# sd-scripts clamps at the 0.99 quantile by default, which moves the result off the best rank-r factors;
+# we keep the exact SVD unless --clamp_quantile is given (shared/reference/lycoris-and-tools.md).
+CLAMP_QUANTILE = None
+MIN_DIFF = 0.01  # sd-scripts' default
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""Count the bytes a piece of PyTorch code allocates, as a GPU's caching allocator would see them.
+
+`LiveBytes` is a dispatch mode: every tensor an operator creates is noted with the size of its storage,
+and a weak reference to that storage takes the bytes off again when the storage is freed. The peak of
+that running sum is what `torch.cuda.max_memory_allocated` measures for the same code, less what was
+already allocated before the mode began (the weights). It works the same for real tensors and for
+meta tensors (no data, no time), which is what lets the planner run a full training step of SDXL on a
+CPU in seconds.
+
+Two details make it the allocator's count rather than Python's: a view or an in-place result shares its
+input's storage and adds nothing, and every block is rounded up to 512 bytes, the CUDA caching
+allocator's smallest unit (`kMinBlockSize` in c10/cuda/CUDACachingAllocator.cpp).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+CUDA_BLOCK_BYTES = 512
+
+
+def allocator_bytes(nbytes: int, block: int = CUDA_BLOCK_BYTES) -> int:
+    """`nbytes` as the caching allocator books it (0 stays 0: CUDA allocates nothing for it)."""
+    return -(-nbytes // block) * block if nbytes else 0
+
+
+def _storage_key(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):  # no storage (a sparse or wrapper tensor): not ours to count
+        return None
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the storages created under this mode that are still alive (`live`), and their `peak`."""
+
+    def __init__(self, block: int = CUDA_BLOCK_BYTES) -> None:
+        super().__init__()
+        self.block = block
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}  # storage key -> bytes booked
+        self._lock = threading.Lock()  # storages may be freed from an autograd worker thread
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {_storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                key = _storage_key(tensor)
+                if key is not None and key not in inputs and key not in self._sizes:
+                    self._add(key, tensor.untyped_storage())
+        return out
+
+    def _add(self, key: int, storage) -> None:
+        size = allocator_bytes(storage.nbytes(), self.block)
+        with self._lock:
+            self._sizes[key] = size
+            self.live += size
+            self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        with self._lock:
+            self.live -= self._sizes.pop(key, 0)
+
+    def reset_peak(self) -> None:
+        """Start a new phase: its peak is measured from what is alive now."""
+        with self._lock:
+            self.peak = self.live
