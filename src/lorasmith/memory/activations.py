@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lorasmith.memory.autocast import CudaRules
-from lorasmith.memory.tracking import LiveBytes, allocator_bytes
+from lorasmith.memory.tracking import LiveBytes
 
 LATENT_CACHE_BATCH = 4  # dataset/latent_cache.cache_latents' batch_size, as the trainer calls it
 
@@ -58,26 +57,37 @@ def inject_network(base, config) -> Any:
     spec = network_spec(config)
     prepare_base_for_training(base, config, spec.train_text_encoder)
     device = next(base.unet.parameters()).device
-    # on meta, the LoRA layers skip initialising real weights (SDXL's take ten seconds on a CPU)
-    with torch.device("meta") if device.type == "meta" else nullcontext():
+    if device.type != "meta":
         return create_network(base, spec)
+    from accelerate import init_empty_weights
+
+    # its parameters made on meta: no real initialisation (SDXL's LoRA takes ten seconds on a CPU); only
+    # parameters, as LyCORIS works out its factors with small CPU tensors (torch.device("meta") breaks that)
+    with init_empty_weights():
+        network = create_network(base, spec)
+    for param in network.trainable_parameters():  # LyCORIS makes some outside register_parameter
+        if param.device.type != "meta":
+            param.data = torch.empty_like(param, device="meta")
+    return network
 
 
-def tracked_step(base, network, config, bucket: tuple[int, int]) -> StepMeasure:
-    """One training step of `base` with `network` at `bucket` (width, height), measured."""
+def tracked_step(base, network, config, bucket: tuple[int, int], run=None) -> StepMeasure:
+    """One training step of `base` with `network` at `bucket` (width, height), measured.
+
+    `run`: how LiveBytes runs each operator (a MetaOpCache for meta models)."""
     from lorasmith.network.create import network_spec
 
     started = time.perf_counter()
     text = text_mode(config, network_spec(config).train_text_encoder)
     params = list(network.trainable_parameters())
-    with LiveBytes() as live, CudaRules(autocast_dtype(config.mixed_precision)) as rules:
+    with LiveBytes(run=run) as live, CudaRules(autocast_dtype(config.mixed_precision)) as rules:
         if config.gradient_accumulation_steps > 1:  # the last batch's gradients are alive through this one
             for param in params:
                 param.grad = torch.zeros_like(param)
         loss = _forward(base, config, bucket, text)
         rules.end_forward()
         _backward(loss)
-    grads = sum(allocator_bytes(p.numel() * p.element_size()) for p in params)
+    grads = sum(p.numel() * p.element_size() for p in params)
     for param in params:
         param.grad = None
     return StepMeasure(peak=live.peak, gradient_bytes=grads, trainable_shapes=tuple(tuple(p.shape) for p in params),
@@ -138,21 +148,29 @@ def _cached_text(base, batch: int, max_token_length: int, device):
     return TextEmbeddings(torch.zeros(batch, tokens, width, device=device, dtype=dtype), pooled)
 
 
-def tracked_encode(vae, bucket: tuple[int, int], batch: int, latent_scale: float) -> int:
-    """Bytes the VAE's encoding of `batch` images at `bucket` adds beyond its weights, at its peak.
+@dataclass(frozen=True)
+class EncodeMeasure:
+    bytes: int  # what encoding adds beyond the VAE's weights, at its peak
+    upcast: bool  # the VAE encoded in float32 (force_upcast)
 
-    `encode_latents` runs a float16 VAE in float32 when its config says so (SDXL's): the float32 copy
-    of the weights replaces the float16 one for the while, so only the difference is counted.
+
+def tracked_encode(vae, bucket: tuple[int, int], batch: int, latent_scale: float, run=None) -> EncodeMeasure:
+    """The VAE's encoding of `batch` images at `bucket`, measured.
+
+    `encode_latents` runs a float16 VAE in float32 when its config says so (force_upcast, diffusers'
+    default): the float32 copy of the weights replaces the float16 one for the while, so only the
+    difference is counted.
     """
     from lorasmith.dataset.latent_cache import encode_latents
+    from lorasmith.memory.weights import quiet_diffusers
 
     width, height = bucket
     parameter = next(vae.parameters())
     half = sum(p.numel() * p.element_size() for p in vae.parameters())
     upcast = parameter.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    with LiveBytes() as live:
+    with LiveBytes(run=run) as live, quiet_diffusers():
         # the trainer moves the pixels to the GPU in the VAE's dtype (float32 when it upcasts)
         pixels = torch.zeros(batch, 3, height, width, device=parameter.device,
                              dtype=torch.float32 if upcast else parameter.dtype)
         encode_latents(vae, pixels, latent_scale)
-    return live.peak - (half if upcast else 0)
+    return EncodeMeasure(live.peak - (half if upcast else 0), upcast)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves, tree_map
+
+from lorasmith.memory.tracking import tensors_in
 
 T = torch.Tensor
 
@@ -56,6 +57,7 @@ PROMOTE = {torch.addcdiv, torch.addcmul, torch.atan2, F.bilinear, torch.cross, t
            T.vdot, T.scatter_add, T.index_put}
 # F.interpolate is Python around upsample_*: these modes reach fp32 ops, the others (area) run as they are.
 FP32_INTERPOLATE_MODES = {"nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear"}
+_HANDLED = LOWER_PRECISION | FP32 | FP32_OUTPUT | PROMOTE | {F.interpolate, F.scaled_dot_product_attention}
 
 
 def _eligible(value) -> bool:
@@ -77,6 +79,8 @@ class CudaRules(TorchFunctionMode):
         self._caching = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func not in _HANDLED:  # most calls (a tensor's .shape, .view, +): straight through
+            return func(*args, **(kwargs or {}))
         kwargs = dict(kwargs or {})
         if self.dtype is not None:
             args, kwargs = self._autocast(func, args, kwargs)
@@ -94,12 +98,20 @@ class CudaRules(TorchFunctionMode):
                 kwargs["dtype"] = torch.float32
             return args, kwargs
         if func in PROMOTE:
-            wide = any(v.dtype == torch.float32 for v in tree_leaves((args, kwargs)) if _eligible(v))
+            wide = any(v.dtype == torch.float32 for v in tensors_in(args, kwargs) if _eligible(v))
             return self._cast_all((args, kwargs), torch.float32 if wide else self.dtype)
         return args, kwargs
 
     def _cast_all(self, tree, dtype: torch.dtype):
-        return tree_map(lambda v: self._cast(v, dtype) if _eligible(v) else v, tree)
+        args, kwargs = tree
+        return self._cast_value(args, dtype), {name: self._cast_value(v, dtype) for name, v in kwargs.items()}
+
+    def _cast_value(self, value, dtype: torch.dtype):
+        if isinstance(value, torch.Tensor):
+            return self._cast(value, dtype) if _eligible(value) else value
+        if isinstance(value, (list, tuple)):  # the arguments, or a list of tensors (einsum's, chain_matmul's)
+            return type(value)(self._cast_value(item, dtype) for item in value)
+        return value
 
     def _cast(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if tensor.dtype == dtype:

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 # The frozen base weights' dtype on the GPU, by name (mixed_precision as train/setup.weight_dtype reads it).
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "fp8": torch.float8_e4m3fn}
+# fp8 (fp8_base) joins when the trainer stores weights in float8 and upcasts them per layer.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
@@ -37,7 +37,11 @@ class PartBytes:
         return sum(size for _, size in self.by_dtype)
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {size / 2**20:,.0f} MiB" for name, size in self.by_dtype)
+        """Its dtypes ("fp16"), with their sizes where it holds several (e.g. "fp8 2,400 MiB, bf16 12 MiB")."""
+        shown = [(name, size) for name, size in self.by_dtype if size >= 2**20] or list(self.by_dtype)
+        if len(shown) == 1:
+            return shown[0][0]
+        return ", ".join(f"{name} {size / 2**20:,.0f} MiB" for name, size in shown)
 
 
 def module_bytes(part: str, module: Any) -> PartBytes:
@@ -59,37 +63,57 @@ def _shipped(family: str, part: str) -> dict:
     return shipped_config(family, part)
 
 
+def part_config(family: str, configs_json: str | None, part: str) -> dict:
+    """A part's architecture: the checkpoint's own when it carries one, else the family's shipped one."""
+    configs = json.loads(configs_json) if configs_json else {}
+    return configs.get(part) or _shipped(family, part)
+
+
 def text_parts(family: str) -> tuple[str, ...]:
     return ("text_encoder", "text_encoder_2") if family == "sdxl" else ("text_encoder",)
 
 
-def meta_base(family: str, configs_json: str | None, base_dtype: str):
-    """A `BaseModel` of `family` on the meta device, its weights in `base_dtype` (fresh each call)."""
+def meta_module(family: str, configs_json: str | None, part: str, dtype: str):
+    """One part ("unet", "text_encoder", "text_encoder_2", "vae") on the meta device, in `dtype`."""
     from accelerate import init_empty_weights
+
+    from lorasmith.models.load import diffusers_model_from_config, text_model_from_config
+
+    config = part_config(family, configs_json, part)
+    with quiet_diffusers():
+        with init_empty_weights():
+            if part == "unet":
+                module = diffusers_model_from_config("UNet2DConditionModel", config)
+            elif part == "vae":
+                module = diffusers_model_from_config("AutoencoderKL", config)
+            else:
+                module = text_model_from_config(config, text_parts(family).index(part))
+        return module.to(device="meta", dtype=DTYPES[dtype])  # buffers too: init_empty_weights leaves them on the CPU
+
+
+def meta_base(family: str, configs_json: str | None, base_dtype: str, with_vae: bool = True):
+    """A `BaseModel` of `family` on the meta device, its weights in `base_dtype` (fresh each call).
+
+    Without `with_vae` its VAE is an empty module: a training step on cached latents never runs it.
+    """
+    import torch
     from diffusers import DDPMScheduler
 
     from lorasmith.models.base import BaseModel
     from lorasmith.models.families import get_family
-    from lorasmith.models.load import diffusers_model_from_config, text_model_from_config
     from lorasmith.models.tiny import noise_scheduler_config
 
     configs = json.loads(configs_json) if configs_json else {}
-    config = lambda part: configs.get(part) or _shipped(family, part)  # noqa: E731
-    with _quiet_diffusers():
-        with init_empty_weights():
-            unet = diffusers_model_from_config("UNet2DConditionModel", config("unet"))
-            encoders = [text_model_from_config(config(part), i) for i, part in enumerate(text_parts(family))]
-            vae = diffusers_model_from_config("AutoencoderKL", config("vae"))
-        for module in (unet, *encoders, vae):  # buffers too: init_empty_weights leaves them on the CPU
-            module.to(device="meta", dtype=DTYPES[base_dtype])
-    fam = get_family(family)
-    return BaseModel(family=fam, v_prediction=bool(configs.get("v_prediction")), unet=unet, vae=vae,
-                     text_encoders=encoders, tokenizers=[],
+    unet = meta_module(family, configs_json, "unet", base_dtype)
+    encoders = [meta_module(family, configs_json, part, base_dtype) for part in text_parts(family)]
+    vae = meta_module(family, configs_json, "vae", base_dtype) if with_vae else torch.nn.Module()
+    return BaseModel(family=get_family(family), v_prediction=bool(configs.get("v_prediction")), unet=unet,
+                     vae=vae, text_encoders=encoders, tokenizers=[],
                      noise_scheduler=DDPMScheduler(**noise_scheduler_config(False)), name=f"meta-{family}")
 
 
 @contextmanager
-def _quiet_diffusers():
+def quiet_diffusers():
     """diffusers warns when a UNet is cast with `to()`, which is what the trainer's loader does too."""
     from diffusers.utils import logging as diffusers_logging
 

@@ -1,0 +1,71 @@
+"""The planner's measurements on meta models, each cached by the settings that change it.
+
+Measuring a step takes seconds (SDXL's forward, recomputation and backward are some 60,000 operator
+calls), so each result is kept: a GUI that changes the learning rate, the optimizer or the epochs
+asks again at no cost, and changing the batch or resolution measures again.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+from lorasmith.memory.activations import EncodeMeasure, StepMeasure, inject_network, tracked_encode, tracked_step
+from lorasmith.memory.meta_ops import MetaOpCache
+from lorasmith.memory.weights import PartBytes, base_part_bytes, meta_base, meta_module
+
+# Operators' outputs by signature: they hold for any model and setting, so one cache serves all.
+_META_OPS = MetaOpCache()
+# A prepared model is reused by the steps that differ only in batch, bucket, precision of the compute,
+# text caching or loss: one measurement at a time runs on it.
+_ONE_AT_A_TIME = threading.Lock()
+# What prepare_base_for_training and create_network read: a change here builds the model again.
+MODEL_FIELDS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha", "network_dropout", "network_module",
+                "network_args", "network_train_unet_only", "network_train_text_encoder_only",
+                "gradient_checkpointing", "sdpa", "zero_terminal_snr")
+
+
+@lru_cache(maxsize=16)
+def weights(family: str, configs_json: str | None, base_dtype: str) -> tuple[PartBytes, ...]:
+    return base_part_bytes(family, configs_json, base_dtype)
+
+
+@lru_cache(maxsize=64)
+def step(family: str, configs_json: str | None, base_dtype: str, bucket: tuple[int, int],
+         key: tuple) -> StepMeasure:
+    """A training step of the config `key` stands for (see estimate.STEP_FIELDS) at `bucket`."""
+    from lorasmith.memory.estimate import config_from_key
+
+    config = config_from_key(key)
+    model_key = tuple((name, value) for name, value in key if name in MODEL_FIELDS)
+    with _ONE_AT_A_TIME:
+        base, network, v_prediction = _prepared(family, configs_json, base_dtype, model_key)
+        base.v_prediction = config.v_parameterization or v_prediction
+        return tracked_step(base, network, config, bucket, run=_META_OPS)
+
+
+@lru_cache(maxsize=2)
+def _prepared(family: str, configs_json: str | None, base_dtype: str, model_key: tuple):
+    """(base, network, the base's own v_prediction): the meta model prepared and with its network, as the
+    trainer's setup leaves it (SDXL's takes seconds: peft wraps some 1,000 layers)."""
+    from lorasmith.memory.estimate import config_from_key
+
+    config = config_from_key(model_key)
+    base = meta_base(family, configs_json, base_dtype, with_vae=False)
+    return base, inject_network(base, config), base.v_prediction
+
+
+@lru_cache(maxsize=64)
+def encode(family: str, configs_json: str | None, vae_dtype: str, bucket: tuple[int, int],
+           batch: int) -> EncodeMeasure:
+    """The VAE's encoding of `batch` images at `bucket`."""
+    from lorasmith.models.families import get_family
+
+    vae = meta_module(family, configs_json, "vae", vae_dtype)
+    return tracked_encode(vae, bucket, batch, get_family(family).latent_scale, run=_META_OPS)
+
+
+def clear() -> None:
+    """Forget every measurement (tests that time a measurement from scratch)."""
+    for cached in (weights, step, encode, _prepared):
+        cached.cache_clear()
