@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorasmith.errors import ModelError
-from lorasmith.network.kohya_tensors import ALPHA, DOWN, UP, LoraModuleTensors
+from lorasmith.network.kohya_tensors import ALPHA, DOWN, UP, LoraModuleTensors, check_plain_module
 
 PLAIN_SUFFIXES = (DOWN, UP, ALPHA)
 # Tensor name endings that only LoRA/LyCORIS modules have: how a LoRA file is told from a checkpoint.
@@ -91,13 +91,7 @@ def module_deltas(tensors: dict[str, Any]) -> dict[str, ModuleDelta]:
 def _algo(name: str, module_tensors: dict[str, Any]) -> str:
     suffixes = set(module_tensors)
     if suffixes <= set(PLAIN_SUFFIXES):
-        if DOWN not in suffixes or UP not in suffixes:
-            missing = DOWN if DOWN not in suffixes else UP
-            raise ModelError(f"the LoRA has no '{name}.{missing}' (the file is incomplete); save or download it again")
-        down, up = module_tensors[DOWN], module_tensors[UP]
-        if down.shape[0] != up.shape[1]:
-            raise ModelError(f"'{name}' has lora_down rank {down.shape[0]} but lora_up rank {up.shape[1]}; "
-                             "the file is damaged, save or download it again")
+        check_plain_module(name, module_tensors)
         return "lora"
     kind = _lycoris_class(name, module_tensors)
     if kind is None:

@@ -65,13 +65,19 @@ def group_lora_tensors(tensors: dict[str, Any]) -> dict[str, LoraModuleTensors]:
         parts.setdefault(name, {})[suffix] = tensors[key]
     grouped = {}
     for name, found in parts.items():
-        if DOWN not in found or UP not in found:
-            missing = DOWN if DOWN not in found else UP
-            raise ModelError(f"the LoRA has no '{name}.{missing}' (the file is incomplete); save or download it again")
+        check_plain_module(name, found)
         down, up = found[DOWN], found[UP]
-        if down.shape[0] != up.shape[1]:
-            raise ModelError(f"'{name}' has lora_down rank {down.shape[0]} but lora_up rank {up.shape[1]}; "
-                             "the file is damaged, save or download it again")
         alpha = float(found[ALPHA].float().item()) if ALPHA in found else float(down.shape[0])
         grouped[name] = LoraModuleTensors(down, up, alpha)
     return grouped
+
+
+def check_plain_module(name: str, found: dict[str, Any]) -> None:
+    """A module's down/up/alpha tensors are complete and of one rank; ModelError saying what to do if not."""
+    if DOWN not in found or UP not in found:
+        missing = DOWN if DOWN not in found else UP
+        raise ModelError(f"the LoRA has no '{name}.{missing}' (the file is incomplete); save or download it again")
+    down, up = found[DOWN], found[UP]
+    if down.shape[0] != up.shape[1]:
+        raise ModelError(f"'{name}' has lora_down rank {down.shape[0]} but lora_up rank {up.shape[1]}; "
+                         "the file is damaged, save or download it again")
