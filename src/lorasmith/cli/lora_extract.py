@@ -3,7 +3,7 @@ arguments)."""
 
 from __future__ import annotations
 
-SAVE_PRECISIONS = ("fp16", "bf16", "float")  # as network/files.py, whose imports would slow --help
+from lorasmith.network.files import SAVE_PRECISIONS  # no torch at import: --help stays quick
 
 
 def add_lora_command(tools) -> None:

@@ -3,7 +3,7 @@ or, with --sd_model, into a checkpoint."""
 
 from __future__ import annotations
 
-SAVE_PRECISIONS = ("fp16", "bf16", "float")  # as network/files.py, whose imports would slow --help
+from lorasmith.network.files import SAVE_PRECISIONS  # no torch at import: --help stays quick
 
 
 def add_lora_command(tools) -> None:
@@ -32,8 +32,8 @@ def _merge(args, extra) -> int:
     from contextlib import nullcontext
 
     from lorasmith import api
-    from lorasmith.cli.lora_resize import one_thread
     from lorasmith.tools.lora.merge_loras import check_merge_counts
+    from lorasmith.tools.lora.svd import one_thread
 
     check_merge_counts(len(args.models), args.ratios)
     # small QR/SVD calls go faster on one thread (see one_thread); merging into a checkpoint keeps its threads

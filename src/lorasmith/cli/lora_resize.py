@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
-from lorasmith.tools.lora.svd import DYNAMIC_METHODS  # svd.py imports torch only when called
-
-SAVE_PRECISIONS = ("fp16", "bf16", "float")  # as network/files.py, whose imports would slow --help
+from lorasmith.network.files import SAVE_PRECISIONS  # no torch at import: --help stays quick
+from lorasmith.tools.lora.svd import DYNAMIC_METHODS, one_thread  # svd.py imports torch only when called
 
 
 def add_lora_command(tools) -> None:
@@ -30,23 +27,6 @@ def add_lora_command(tools) -> None:
     parser.add_argument("--verbose", action="store_true", help="print every module's rank and energy kept")
     parser.add_argument("--overwrite", action="store_true", help="replace --save_to if it exists")
     parser.set_defaults(handler=_resize)
-
-
-@contextmanager
-def one_thread():
-    """Run the LoRA tools' many small QR/SVD calls on one thread, then restore the setting.
-
-    With a second thread on 2 cores that are busy elsewhere, MKL spends most of its time waiting:
-    resizing SD1.5 rank 32 to 8 took 37 s instead of 0.9 s (bench/lora_tools.py).
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _resize(args, extra) -> int:

@@ -20,15 +20,6 @@ from lorasmith.tools.lora.extract import extract_lora
 from tests.unit.tools.lora.lora_builders import random_lora
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These matrices are small: with two threads on a busy machine LAPACK spends 10x longer waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def deltas(tensors: dict) -> dict:
     return {name: lora_delta(m, delta_shape(m)) for name, m in group_lora_tensors(tensors).items()}
 

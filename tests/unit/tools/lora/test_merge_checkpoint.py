@@ -16,15 +16,6 @@ from lorasmith.tools.lora.merge_checkpoint import merge_into_checkpoint
 from tests.unit.tools.lora.lora_builders import save_random_lora, tiny_checkpoint_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These matrices are small: with two threads on a busy machine LAPACK spends 10x longer waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def header(path) -> dict:
     with open(path, "rb") as file:
         (size,) = struct.unpack("<Q", file.read(8))

@@ -19,15 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
 RATIOS = [0.7, -0.3]  # a negative ratio subtracts a LoRA: its sign must survive the square roots
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These matrices are small: with two threads on a busy machine LAPACK spends 10x longer waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base():
     from lorasmith.models.tiny import tiny_base_model

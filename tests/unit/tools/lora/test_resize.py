@@ -19,15 +19,6 @@ from tests.unit.tools.lora.lora_builders import random_lora
 RANK, ALPHA, CONV_RANK = 4, 2.0, 2  # linear scale 0.5; 3x3 convolutions: scale 1.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These matrices are small: with two threads on a busy machine LAPACK spends 10x longer waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base():
     from lorasmith.models.tiny import tiny_base_model
