@@ -1,4 +1,8 @@
-"""What differs between SD1.x, SD2.x and SDXL, as data rather than subclasses.
+"""What differs between the model families (SD1.x, SD2.x, SDXL, Flux.1), as data rather than subclasses.
+
+Each row names its behaviour module (`lorasmith.families.<module>`): the code that differs in kind
+(loading, text encoding, the training objective, LoRA targets, sampling) lives there behind one
+interface, so the trainer never asks which family it trains.
 
 Everything here is pinned by golden tests: the kohya key prefixes and metadata strings must
 match what sd-scripts writes so that AUTOMATIC1111, ComfyUI and model sites read our files.
@@ -21,8 +25,12 @@ class Family:
     base_model_version: str  # ss_base_model_version (sd-scripts' wording)
     modelspec_architecture: str  # modelspec.architecture of a LoRA for this family (epsilon)
     unet_keys_in_ldm_layout: bool  # sd-scripts names SDXL UNet LoRA modules by the original layout
-    # Per text encoder: (CLIP pad token, whether the pooled output comes from a projection).
+    # Per CLIP text encoder: its pad token.
     pad_tokens: tuple[str, ...]
+    behaviour: str = "unet"  # the module in lorasmith.families that does this family's work
+    latent_shift: float = 0.0  # subtracted from VAE latents before scaling (Flux's AE)
+    latent_channels: int = 4
+    bucket_multiple: int = 8  # image sides must be multiples of this (Flux packs 2x2 latents: 16)
 
 
 SD1 = Family(
@@ -44,7 +52,17 @@ SDXL = Family(
     unet_keys_in_ldm_layout=True, pad_tokens=("<|endoftext|>", "!"),
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL)}
+# Flux.1 dev and schnell: a diffusion transformer over 2x2-packed 16-channel latents, conditioned on
+# CLIP-L's pooled output and T5-XXL's states; LoRA prefixes as sd-scripts' networks.lora_flux.
+FLUX = Family(
+    name="flux", title="Flux.1", latent_scale=0.3611,
+    text_encoder_prefixes=("lora_te1", "lora_te3"), native_resolution=1024,
+    base_model_version="flux1", modelspec_architecture="flux-1-dev/lora",
+    unet_keys_in_ldm_layout=False, pad_tokens=("<|endoftext|>",),
+    behaviour="flux", latent_shift=0.1159, latent_channels=16, bucket_multiple=16,
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, FLUX)}
 
 
 def get_family(name: str) -> Family:

@@ -1,4 +1,4 @@
-"""The CLIP tokenizer, built offline from the BPE merges that ship with lorasmith.
+"""The CLIP and T5 tokenizers, built offline from files that ship with lorasmith.
 
 SD1.x, SD2.x and SDXL all use OpenAI CLIP's byte-level BPE (49,408 tokens). Only the merges
 list ships (`assets/clip_bpe_merges.txt.gz`, the file OpenAI published with CLIP); the vocabulary
@@ -67,3 +67,16 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
 
     vocab, merges = _vocab_files()
     return CLIPTokenizer(vocab, merges, pad_token=pad_token, model_max_length=MAX_LENGTH)
+
+
+@functools.lru_cache(maxsize=1)
+def _t5_folder() -> str:
+    return str(resources.files("lorasmith.models").joinpath("assets/t5_tokenizer"))
+
+
+def t5_tokenizer(max_length: int = 512):
+    """T5 v1.1's SentencePiece tokenizer (Flux.1's T5-XXL: 32,000 pieces + 100 extra ids), from the
+    files that ship with lorasmith (assets/t5_tokenizer, Apache-2.0; see its NOTICE)."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(_t5_folder(), model_max_length=max_length, local_files_only=True)
