@@ -76,7 +76,7 @@ def _write_disk_entry(image: Path, bucket: tuple[int, int], fingerprint: str, en
 
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor, scale: float) -> torch.Tensor:
-    """Pixels [B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8].
+    """Pixels [B, 3, H, W] in [-1, 1] -> scaled latents [B, C, H/8, W/8] (C: 4, or Flux's 16).
 
     A VAE held in fp16 (mixed precision on a GPU) encodes in fp32 when its config asks for it
     (`force_upcast`, as diffusers' pipelines do when decoding): SDXL's VAE overflows in fp16 and
@@ -88,7 +88,8 @@ def encode_latents(vae, pixels: torch.Tensor, scale: float) -> torch.Tensor:
         vae.to(torch.float32)
     try:
         distribution = vae.encode(pixels.to(parameter.device, next(vae.parameters()).dtype)).latent_dist
-        return distribution.mode().float() * scale
+        shift = getattr(vae.config, "shift_factor", None) or 0.0  # Flux's AE centres its latents first
+        return (distribution.mode().float() - shift) * scale
     finally:
         if upcast:
             vae.to(torch.float16)

@@ -57,8 +57,16 @@ def delta_shape(lora: LoraModuleTensors) -> tuple[int, ...]:
     return (int(lora.up.shape[0]), int(lora.down.shape[1]), *(int(d) for d in lora.down.shape[2:]))
 
 
-def apply_loras(base: BaseModel, loras: list[tuple[str | os.PathLike | dict[str, Any], float]]) -> AppliedLoras:
-    """Merge each (file or kohya tensors, weight) into `base`'s weights, in order.
+def apply_loras(base: BaseModel, loras: list[tuple[str | os.PathLike | dict[str, Any], float]]) -> Any:
+    """Merge each (file or kohya tensors, weight) into `base`'s weights, in order, the family's way;
+    the result's `restore()` undoes it."""
+    from lorasmith.families import family_behaviour
+
+    return family_behaviour(base.family).apply_loras(base, loras)
+
+
+def apply_kohya_loras(base: BaseModel, loras: list[tuple[str | os.PathLike | dict[str, Any], float]]) -> AppliedLoras:
+    """Merge each (file or kohya tensors, weight) into a UNet family's weights, in order.
 
     Any network type a kohya-named file holds (LoRA, LoCon, LyCORIS, DoRA) merges through its
     ModuleDelta; LyCORIS norm modules (train_norm) change the norm layers' weight and bias.

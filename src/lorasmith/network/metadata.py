@@ -154,6 +154,14 @@ def build_metadata(
         metadata["ss_network_args"] = json.dumps(args)
     metadata = {key: str(value) for key, value in metadata.items()}
     metadata.update(modelspec_metadata(config, family=family, v_prediction=v_prediction, saved_at=saved_at))
+    from lorasmith.families import family_behaviour
+
+    # the family's own keys (Flux's recipe, its modelspec); None removes a common key it does not write
+    for key, value in family_behaviour(family).metadata(config, base_model_hashes).items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
     return metadata
 
 

@@ -106,7 +106,7 @@ def evaluate_run(run_dir: str | Path, base: BaseModel, images: list[str | Path],
     if not images:
         raise ToolError("no images to measure a validation loss on; give a folder of images")
     loras = unique_epochs(run_loras(run_dir))
-    loss_fn = loss_fn or _default_loss()
+    loss_fn = loss_fn or _default_loss(base)
     batch = fixed_batch(base, [Path(p) for p in images], captions, resolution, timesteps, seed)
     base_loss = batch_loss(base, batch, clip_skip, loss_fn, max_token_length)
     losses: dict[int, float] = {}
@@ -127,10 +127,10 @@ def evaluate_run(run_dir: str | Path, base: BaseModel, images: list[str | Path],
     return report
 
 
-def _default_loss() -> LossFn:
-    from lorasmith.train.step import denoising_loss
+def _default_loss(base: BaseModel) -> LossFn:
+    from lorasmith.families import family_behaviour
 
-    return denoising_loss
+    return family_behaviour(base.family).fixed_loss
 
 
 def fixed_batch(base: BaseModel, images: list[Path], captions: list[str] | None, resolution: int,
@@ -162,7 +162,7 @@ def batch_loss(base: BaseModel, batch: dict, clip_skip: int, loss_fn: LossFn, ma
     """Mean loss over the images, each at every fixed timestep, captions read as the run read them."""
     import torch
 
-    from lorasmith.models.text import encode_prompts
+    from lorasmith.families import family_behaviour
     from lorasmith.train.step import NoiseDraw
 
     parameter = next(base.unet.parameters())
@@ -172,7 +172,7 @@ def batch_loss(base: BaseModel, batch: dict, clip_skip: int, loss_fn: LossFn, ma
         for latent, noise, caption, time_ids in zip(batch["latents"], batch["noise"], batch["captions"],
                                                     batch["time_ids"]):
             count = len(noise)
-            text = encode_prompts(base, [caption], clip_skip, max_token_length)
+            text = family_behaviour(base.family).encode_prompts(base, [caption], clip_skip, max_token_length)
             pooled = text.pooled.expand(count, -1) if text.pooled is not None else None
             draw = NoiseDraw(noise.to(device, dtype), batch["timesteps"].to(device))
             loss = loss_fn(base, latent.to(device, dtype).expand(count, -1, -1, -1),

@@ -41,6 +41,7 @@ class GenerationRequest:
     sampler: str = "euler_a"
     batch_size: int = 1
     clip_skip: int = 1
+    guidance: float | None = None  # Flux.1 dev's distilled guidance; None: 3.5 (cfg_scale is true CFG)
 
     def __post_init__(self) -> None:
         # Checked here, before any model is loaded: diffusers would fail deep inside with a traceback.
@@ -174,7 +175,7 @@ def sample_during_training(base: BaseModel, prompts: list[SamplePrompt], output_
             events(Message(f"sample prompt {index + 1}: <lora:...> tags are ignored while training", "warning"))
         request = GenerationRequest(prompt, item.negative_prompt, item.width, item.height, item.steps,
                                     item.cfg_scale, index if item.seed is None else item.seed,
-                                    item.sampler or sampler, 1, clip_skip)
+                                    item.sampler or sampler, 1, clip_skip, item.guidance)
         image = run_pipeline(base, request)[0]
         path = folder / sample_file_name(output_name, epoch, step, index)
         written.append(save_png(image, path, parameters_for(base, request, request.seed, {})))
@@ -187,7 +188,14 @@ def sample_file_name(output_name: str, epoch: int, step: int, index: int) -> str
 
 
 def run_pipeline(base: BaseModel, request: GenerationRequest, precision: str = "no") -> list:
-    """PIL images of one request (seeded generators, eval mode, our prompt encoding)."""
+    """PIL images of one request, by the family's own pipeline."""
+    from lorasmith.families import family_behaviour
+
+    return family_behaviour(base.family).run_pipeline(base, request, precision)
+
+
+def run_unet_pipeline(base: BaseModel, request: GenerationRequest, precision: str = "no") -> list:
+    """PIL images of one SD request (seeded generators, eval mode, our prompt encoding)."""
     import torch
 
     pipe = make_pipeline(base, request.sampler)

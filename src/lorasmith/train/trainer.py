@@ -24,7 +24,7 @@ from lorasmith.dataset.batches import make_batches
 from lorasmith.dataset.plan import epochs_and_steps
 from lorasmith.errors import TrainingError
 from lorasmith.events import EventSink, FileWritten, Message, Progress, ignore_events
-from lorasmith.models.text import encode_tokens, tokenize
+from lorasmith.families import family_behaviour
 from lorasmith.train import run as files
 from lorasmith.train.batches import CaptionRules, collate
 from lorasmith.train.ema import LoraEma
@@ -35,12 +35,9 @@ from lorasmith.train.setup import (
     allow_new_mixed_precision,
     cache_training_latents,
     cpu_only,
-    lora_spec,
-    prepare_base_for_training,
     weight_dtype,
 )
 from lorasmith.train.state import Position, load_state, start_afresh
-from lorasmith.train.step import LossRecipe, NoiseRecipe, denoising_loss, draw_noise
 
 
 @dataclass
@@ -72,6 +69,7 @@ class Trainer(RunFiles):
             log_with="tensorboard", project_dir=config.effective_logging_dir,
         )
         self.base = base
+        self.family = family_behaviour(base.family)  # what this model family does its own way
         self.owns_base = owns_base  # a base we loaded ourselves may drop parts it no longer needs
         self.result = TrainResult(output_dir=str(self.output_dir))
         self.session_id = uuid.uuid4().hex[:16]
@@ -83,19 +81,16 @@ class Trainer(RunFiles):
     # ---- set-up -------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from lorasmith.network.create import create_network
-
         config, base, accelerator = self.config, self.base, self.accelerator
-        spec = lora_spec(config)
-        prepare_base_for_training(base, config, spec.train_text_encoder)
+        spec = self.family.network_spec(config)
+        self.family.prepare_for_training(base, config, spec.train_text_encoder)
         torch.manual_seed(config.seed)  # the LoRA's initial weights come from the seed
-        self.network = create_network(base, spec)
+        self.network = self.family.create_network(base, spec)
         if config.network_weights:
             self._start_from(config.network_weights)
         self.train_text_encoder = spec.train_text_encoder
         self.masks = self._masks()
-        self.noise_recipe = NoiseRecipe.from_config(config)
-        self.loss_recipe = LossRecipe.from_config(config)
+        self.recipe = self.family.training_recipe(config)
         groups = self.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
         optimizer = build_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
         self.total_steps = self._total_steps()
@@ -232,18 +227,8 @@ class Trainer(RunFiles):
         return TextEmbeddings(torch.stack([c for c, _ in entries]), pooled)
 
     def _text_states(self, captions: list[str]):
-        """The text encoders' output for captions; with weighted_captions each token's scaled by its weight."""
-        config = self.config
-        if not config.weighted_captions:
-            return encode_tokens(self.model, tokenize(self.model, captions, config.max_token_length), config.clip_skip)
-        from dataclasses import replace as replace_field
-
-        from lorasmith.models.weighted_text import tokenize_weighted
-
-        ids, weights = tokenize_weighted(self.model, captions, config.max_token_length)
-        text = encode_tokens(self.model, ids, config.clip_skip)
-        weights = weights.to(text.context.device, text.context.dtype)
-        return replace_field(text, context=text.context * weights[..., None])
+        """The text encoders' output for captions, as the family reads them."""
+        return self.family.encode_captions(self.model, captions, self.config)
 
     def _start_from(self, path: str) -> None:
         """network_weights: begin with a LoRA already trained (its alphas too), as sd-scripts does."""
@@ -346,13 +331,11 @@ class Trainer(RunFiles):
                           self.base.vae, self.base.family.latent_scale, config.flip_aug, epoch + 1, self.masks)
         device = accelerator.device
         latents = tensors.latents.to(device, weight_dtype(config.mixed_precision, device))
-        draw = draw_noise(latents, model.noise_scheduler.config.num_train_timesteps,
-                          torch.Generator().manual_seed(seed), self.noise_recipe)
         with accelerator.accumulate(*self.modules):
             with accelerator.autocast():
                 text = self._encode_captions(tensors.captions)
-                loss = denoising_loss(model, latents, text.context, draw, text.pooled, tensors.time_ids,
-                                      tensors.weights, self.loss_recipe, tensors.masks)
+                loss = self.family.training_loss(model, latents, text, tensors, torch.Generator().manual_seed(seed),
+                                                 self.recipe)
             if not torch.isfinite(loss):
                 raise TrainingError(self._nan_message(step + 1))
             accelerator.backward(loss)

@@ -58,15 +58,15 @@ class Validator:
         return bool(every_steps) and step % every_steps == 0
 
     def run(self, model, modules, epoch: int, step: int) -> float:
-        from lorasmith.train.step import denoising_loss
+        from lorasmith.families import family_behaviour
 
         modes = [module.training for module in modules]
         for module in modules:
             module.eval()  # no LoRA dropout while measuring
         try:
             with torch.no_grad():
-                loss = batch_loss(model, self.batch, self.config.clip_skip, denoising_loss,
-                                  self.config.max_token_length)
+                loss = batch_loss(model, self.batch, self.config.clip_skip,
+                                  family_behaviour(model.family).fixed_loss, self.config.max_token_length)
         finally:
             for module, mode in zip(modules, modes):
                 module.train(mode)
