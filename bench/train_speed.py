@@ -2,6 +2,7 @@
 
     python bench/train_speed.py                 # tiny demo model and real SD1.5 architecture, 64 and 128 px
     python bench/train_speed.py --model tiny    # only the tiny model (seconds)
+    python bench/train_speed.py --model flux-tiny   # the tiny random Flux.1-dev (BFL file + ae, clip_l, t5xxl)
     python bench/train_speed.py --model sd15 --resolution 128 --steps 12
     python bench/train_speed.py --model sd15 --resolution 512 --mixed_precision fp16 --batch_size 1 4   # on a GPU
     python bench/train_speed.py --model sd15 --resolution 512 --preset 8gb                              # on a GPU
@@ -64,10 +65,22 @@ def make_dataset(root: Path, count: int = 8) -> Path:
     return root
 
 
-def make_model(kind: str, folder: Path) -> Path:
+def make_model(kind: str, folder: Path) -> tuple[Path, dict]:
+    """The checkpoint, and the other files it needs as config values (Flux: ae, clip_l, t5xxl)."""
+    if kind == "flux-tiny":
+        files = {"model": folder / "flux-tiny" / "flux1-tiny.safetensors"}
+        files.update({name: folder / "flux-tiny" / f"{name}.safetensors" for name in ("ae", "clip_l", "t5xxl")})
+        if not all(p.exists() for p in files.values()):
+            from lorasmith.families.flux.tiny import tiny_flux_base_model
+            from lorasmith.families.flux.tiny_files import write_tiny_flux
+
+            files = write_tiny_flux(tiny_flux_base_model("dev"), folder / "flux-tiny", "bfl")
+        recipe = {"guidance_scale": 1.0, "timestep_sampling": "shift", "discrete_flow_shift": 3.1582,
+                  "model_prediction_type": "raw", "t5xxl_max_token_length": 64}
+        return files["model"], {**{k: str(v) for k, v in files.items() if k != "model"}, **recipe}
     path = folder / f"{kind}.safetensors"
     if path.exists():
-        return path
+        return path, {}
     import torch
 
     from lorasmith.models.single_file import save_single_file
@@ -81,7 +94,7 @@ def make_model(kind: str, folder: Path) -> Path:
         base = real_sd15_random()
         save_single_file(base, str(path), dtype=torch.float16)
         print(f"  built the SD1.5 architecture with random weights in {time.time() - started:.0f} s")
-    return path
+    return path, {}
 
 
 def real_sd15_random():
@@ -109,8 +122,9 @@ def real_sd15_random():
 
 
 def run_once(model: Path, data: Path, out: Path, resolution: int, steps: int, threads: int,
-             batch_size: int = 1, mixed_precision: str | None = None, preset: str | None = None) -> dict:
-    values = {
+             batch_size: int = 1, mixed_precision: str | None = None, preset: str | None = None,
+             extra: dict | None = None) -> dict:
+    values = {**(extra or {}),
         "pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(out),
         "output_name": "bench", "resolution": f"{resolution},{resolution}", "min_bucket_reso": 64,
         "train_batch_size": batch_size, "max_train_epochs": 0, "max_train_steps": steps, "network_dim": 32,
@@ -144,29 +158,29 @@ def run_once(model: Path, data: Path, out: Path, resolution: int, steps: int, th
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("tiny", "sd15", "all"), default="all")
+    parser.add_argument("--model", choices=("tiny", "sd15", "flux-tiny", "all"), default="all")
     parser.add_argument("--resolution", type=int, nargs="*", default=[64, 128])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "lorasmith-bench"))
     parser.add_argument("--batch_size", type=int, nargs="*", default=[1])
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    parser.add_argument("--preset", choices=("8gb", "12gb"), default=None)
+    parser.add_argument("--preset", choices=("8gb", "12gb", "flux-24gb"), default=None)
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = make_dataset(work / "data")
     kinds = ["tiny", "sd15"] if args.model == "all" else [args.model]
-    print(f"{'model':6} {'px':>4} {'batch':>5} {'start-up s':>10} {'s/step':>8} {'(min-max)':>13} {'it/s':>6} "
+    print(f"{'model':9} {'px':>4} {'batch':>5} {'start-up s':>10} {'s/step':>8} {'(min-max)':>13} {'it/s':>6} "
           f"{'peak RSS MiB':>12} {'peak VRAM MiB':>13} {'LoRA bytes':>12}")
     for kind in kinds:
-        model = make_model(kind, work)
+        model, extra = make_model(kind, work)
         for resolution in args.resolution:
             for batch in args.batch_size:
                 r = run_once(model, data, work / f"out-{kind}-{resolution}-{batch}", resolution, args.steps,
-                             args.threads, batch, args.mixed_precision, args.preset)
+                             args.threads, batch, args.mixed_precision, args.preset, extra)
                 low, high = r["range"]
-                print(f"{kind:6} {resolution:>4} {batch:>5} {r['startup_s']:>10.1f} {r['s_per_step']:>8.2f} "
+                print(f"{kind:9} {resolution:>4} {batch:>5} {r['startup_s']:>10.1f} {r['s_per_step']:>8.2f} "
                       f"{f'({low:.2f}-{high:.2f})':>13} {1 / r['s_per_step']:>6.2f} {r['peak_rss_mib']:>12.0f} "
                       f"{r['peak_vram_mib']:>13.0f} {r['lora_bytes']:>12,}", flush=True)
 

@@ -59,13 +59,17 @@ def setting_lines(config: TrainConfig, given=None) -> tuple[list[str], list[str]
     from lorasmith.config.losing import losing_settings, unhonoured_settings
     from lorasmith.config.sources import non_default_keys
 
-    return losing_settings(config, non_default_keys(config) if given is None else given), unhonoured_settings(config)
+    given = non_default_keys(config) if given is None else given
+    known = config.model_family != "auto" or Path(config.pretrained_model_name_or_path or "/nonexistent").exists()
+    family = base_architecture(config)[0] if known else None
+    return losing_settings(config, given, family), unhonoured_settings(config)
 
 
 def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ignore_events, given=None):
     """The step plan for a configuration: needs the folders and parameters, no model file."""
     from lorasmith.dataset.plan import plan_steps
-    from lorasmith.network.size import estimate_lora_bytes
+    from lorasmith.families import family_behaviour
+    from lorasmith.models.families import get_family
 
     for warning in check_config(config, for_training=False):
         events(Message(warning, "warning"))
@@ -77,16 +81,14 @@ def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ig
     train, reg = load_datasets(config, verify_images)
     step_plan = plan_steps(config, train, reg)
     family, configs = base_architecture(config)
+    from lorasmith.config.checks import check_family_shapes
+
+    check_family_shapes(config, get_family(family))
     from lorasmith.network.lycoris_network import uses_lycoris
 
     if uses_lycoris(config):  # its size depends on the algorithm's factors: not estimated (yet)
         return step_plan
-    step_plan.lora_file_bytes = estimate_lora_bytes(
-        family, config.network_dim, conv_rank=config.conv_dim,
-        train_unet=not config.network_train_text_encoder_only,
-        train_text_encoder=not config.network_train_unet_only, save_precision=config.save_precision,
-        configs=configs,
-    )
+    step_plan.lora_file_bytes = family_behaviour(get_family(family)).lora_file_bytes(family, config, configs)
     return step_plan
 
 
@@ -147,8 +149,12 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
             config.pretrained_model_name_or_path, family=config.model_family,
             v_parameterization=config.v_parameterization, allow_pickle=config.allow_pickle,
             dtype=weight_dtype(config.mixed_precision, device), device=device, vae_ready=latents,
-            vae_path=config.vae or None,
+            vae_path=config.vae or None, ae=config.ae or None, clip_l=config.clip_l or None,
+            t5xxl=config.t5xxl or None,
         )
+    from lorasmith.config.checks import check_family_shapes
+
+    check_family_shapes(config, base.family)
     trainer = Trainer(config, data, base, events, stop, owns_base=owns_base, base_hashes=base_hashes,
                       latents=latents.future if latents else None, pause=pause)
     trainer.setup()
@@ -217,14 +223,23 @@ def _hash_checkpoint_early(path: str, vae_path: str = ""):
 
 
 DEMO_MODEL_NAME = "tiny-sd1.safetensors"
+DEMO_FAMILIES = ("sd1", "flux")
 
 
-def demo_config(output_dir: str = "lorasmith-demo") -> TrainConfig:
+def demo_config(output_dir: str = "lorasmith-demo", family: str = "sd1") -> TrainConfig:
     """The embedded default: a tiny SD1 model and the bundled 'smithy' dataset, copied into `output_dir`.
 
     Writes the tiny model (random weights, fixed seed) as a single-file checkpoint and copies
-    the dataset, so that the demo goes through the same loading code as a real run.
+    the dataset, so that the demo goes through the same loading code as a real run. `family` "flux":
+    a tiny Flux.1-dev in the files users have (BFL single file, ae, clip_l, t5xxl) and sd-scripts'
+    recommended Flux recipe.
     """
+    if family not in DEMO_FAMILIES:
+        from lorasmith.errors import ConfigError
+
+        raise ConfigError(f"the demo trains {' or '.join(DEMO_FAMILIES)}, not '{family}'; use --family sd1 or flux")
+    if family == "flux":
+        return _flux_demo_config(output_dir)
     import shutil
     from importlib import resources
 
@@ -258,6 +273,31 @@ def demo_config(output_dir: str = "lorasmith-demo") -> TrainConfig:
     })
 
 
+def _flux_demo_config(output_dir: str) -> TrainConfig:
+    from lorasmith.config.schema import with_values
+
+    sd1 = demo_config(output_dir)  # the dataset, prompts and schedule of the plain demo
+    out = Path(output_dir).expanduser().resolve()
+    folder = out / "base-flux"
+    files = {"model": folder / "flux1-tiny.safetensors", "ae": folder / "ae.safetensors",
+             "clip_l": folder / "clip_l.safetensors", "t5xxl": folder / "t5xxl.safetensors"}
+    if not all(path.is_file() for path in files.values()):
+        from lorasmith.families.flux.tiny import tiny_flux_base_model
+        from lorasmith.families.flux.tiny_files import write_tiny_flux
+
+        files = write_tiny_flux(tiny_flux_base_model("dev", seed=0), folder, "bfl")
+    prompts = out / "sample_prompts_flux.txt"
+    if not prompts.is_file():
+        prompts.write_text("smithy, 1girl, orange hair, blue eyes, green shirt --w 128 --h 128 --s 4 --g 3.5 --d 1\n")
+    return with_values(sd1, {
+        "pretrained_model_name_or_path": str(files["model"]), "ae": str(files["ae"]), "clip_l": str(files["clip_l"]),
+        "t5xxl": str(files["t5xxl"]), "network_module": "networks.lora_flux", "output_dir": str(out / "output-flux"),
+        "sample_prompts": str(prompts), "guidance_scale": 1.0, "timestep_sampling": "shift",
+        "discrete_flow_shift": 3.1582, "model_prediction_type": "raw", "t5xxl_max_token_length": 64,
+        "training_comment": "lorasmith demo: tiny random Flux.1-dev, bundled 'smithy' dataset",
+    })
+
+
 def is_previous_demo(config: TrainConfig) -> bool:
     """True when the output folder holds an earlier demo run, which the demo may replace."""
     from lorasmith.train.run import read_record
@@ -266,17 +306,19 @@ def is_previous_demo(config: TrainConfig) -> bool:
         record = read_record(config.output_dir)
     except Exception:  # no or unreadable record: not ours to replace
         return False
-    return record.base_model.endswith(DEMO_MODEL_NAME)
+    return record.base_model.endswith((DEMO_MODEL_NAME, "flux1-tiny.safetensors"))
 
 
-def demo(output_dir: str = "lorasmith-demo", events: EventSink = ignore_events, stop=None, **overrides):
-    """Train the embedded default end to end: the README's main job."""
+def demo(output_dir: str = "lorasmith-demo", events: EventSink = ignore_events, stop=None, family: str = "sd1",
+         **overrides):
+    """Train the embedded default end to end: the README's main job (`family` "flux": a tiny Flux.1)."""
     from lorasmith.config.schema import with_values
 
-    config = with_values(demo_config(output_dir), overrides)
+    config = with_values(demo_config(output_dir, family), overrides)
     if is_previous_demo(config):
         config = with_values(config, {"overwrite": True})
-    events(Message(f"demo: tiny SD1 model and the bundled 'smithy' dataset in {Path(output_dir).resolve()}"))
+    title = "Flux.1-dev" if family == "flux" else "SD1"
+    events(Message(f"demo: tiny {title} model and the bundled 'smithy' dataset in {Path(output_dir).resolve()}"))
     return train(config, events, stop)
 
 
@@ -287,10 +329,12 @@ def generate(base_model: str | None, prompt: str, loras: list = (), negative_pro
              cfg_scale: float = 7.0, seed: int = -1, width: int = 512, height: int = 512, sampler: str = "euler_a",
              batch_size: int = 1, clip_skip: int = 1, output_dir: str | None = None, lora_dirs: list = (),
              model_family: str = "auto", v_parameterization: bool = False, allow_pickle: bool = False,
-             precision: str = "no", events: EventSink = ignore_events, base=None):
+             precision: str = "no", events: EventSink = ignore_events, base=None, ae: str = "", clip_l: str = "",
+             t5xxl: str = "", guidance: float | None = None):
     """Images of `prompt` with `loras` [(path, weight)] and any <lora:name:w> tags; saved when output_dir is given.
 
     Returns a GenerationResult (.images as PIL images, .paths, .parameters). A seed below 0 draws one.
+    Flux.1: `ae`, `clip_l`, `t5xxl` name its other files (a diffusers folder has them); `guidance` is dev's.
     """
     from lorasmith.events import FileWritten
     from lorasmith.sampling.generate import GenerationRequest, GenerationResult, check_prompt_loras, generate_images
@@ -298,10 +342,11 @@ def generate(base_model: str | None, prompt: str, loras: list = (), negative_pro
 
     # Settings and LoRA names are checked first: loading a real base model takes a while.
     request = GenerationRequest(prompt, negative_prompt, width, height, steps, cfg_scale, seed, sampler, batch_size,
-                                clip_skip)
+                                clip_skip, guidance)
     check_prompt_loras(prompt, list(loras), list(lora_dirs))
     base = base or load_for_testing(base_model, RunSettings(model_family=model_family,
-                                                            v_parameterization=v_parameterization),
+                                                            v_parameterization=v_parameterization,
+                                                            flux_files=(ae, clip_l, t5xxl)),
                                     precision, allow_pickle)
     made = generate_images(base, [request], list(loras), list(lora_dirs), events, output_dir, precision=precision)
     for item in made:

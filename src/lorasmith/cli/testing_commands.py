@@ -60,7 +60,8 @@ def _generate(args, extra) -> int:
             width=args.width, height=args.height, sampler=args.sampler, batch_size=args.batch_size,
             clip_skip=args.clip_skip or 1, output_dir=args.output_dir, lora_dirs=args.lora_dir,
             model_family=args.model_family, v_parameterization=args.v_parameterization,
-            allow_pickle=args.allow_pickle, precision=args.precision, events=progress)
+            allow_pickle=args.allow_pickle, precision=args.precision, events=progress, ae=args.ae,
+            clip_l=args.clip_l, t5xxl=args.t5xxl, guidance=args.guidance)
         print(f"{len(result.paths)} image(s) in {args.output_dir}")
         return 0
 
@@ -114,6 +115,9 @@ def add_commands(subparsers) -> None:
     generate.add_argument("--batch_size", type=int, default=1)
     generate.add_argument("--model_family", default="auto", choices=MODEL_FAMILIES)
     generate.add_argument("--v_parameterization", action="store_true", help="SD2.x 768-v models")
+    for name, what in (("ae", "autoencoder"), ("clip_l", "CLIP-L text encoder"), ("t5xxl", "T5-XXL text encoder")):
+        generate.add_argument(f"--{name}", default="", help=f"Flux.1: the {what} file (a diffusers folder has its own)")
+    generate.add_argument("--guidance", type=float, default=None, help="Flux.1 dev's guidance (default 3.5)")
     generate.set_defaults(handler=_generate, output_dir="lorasmith-images")
 
     grid = subparsers.add_parser("grid", help="X/Y grid: LoRA weights across, epochs (or prompts) down, one seed")

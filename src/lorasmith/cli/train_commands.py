@@ -128,10 +128,11 @@ def _demo(args, extra) -> int:
     results = []
 
     def start(events, stop):
-        results.append(api.demo(output_dir, events=events, stop=stop, **overrides))
+        results.append(api.demo(output_dir, events=events, stop=stop, family=args.family, **overrides))
         return results[-1]
 
-    code = _run(["lorasmith", "demo", *_without_resume(extra)], start)
+    family = ["--family", args.family] if args.family != "sd1" else []
+    code = _run(["lorasmith", "demo", *family, *_without_resume(extra)], start)
     if results:
         print(f"demo files are in {results[-1].output_dir}")
     return code
@@ -148,6 +149,9 @@ def add_commands(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo", help="train the embedded tiny model on the bundled dataset (CPU, a few minutes)",
         description="Trains a tiny Stable Diffusion model with random weights on the bundled 'smithy' "
-        "dataset end to end, to show the whole workflow. Options: --output_dir DIR and any --<key> <value>.",
+        "dataset end to end, to show the whole workflow (--family flux: a tiny Flux.1-dev). Options: "
+        "--output_dir DIR and any --<key> <value>.",
     )
+    demo.add_argument("--family", choices=("sd1", "flux"), default="sd1",
+                      help="sd1 (default, fastest) or flux: the tiny model's family")
     demo.set_defaults(handler=_demo, accepts_overrides=True)

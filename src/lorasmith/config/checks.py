@@ -151,3 +151,18 @@ def check_config(config: TrainConfig, for_training: bool = True, check_paths: bo
     if check_paths:
         _check_paths(config, for_training)
     return advisory_warnings(config)
+
+
+def check_family_shapes(config: TrainConfig, family) -> None:
+    """Image sides the family can take: Flux.1 packs 2x2 latents, so its buckets are multiples of 16 pixels
+    (sd-scripts asks 32 of bucket_reso_steps, with a to-do; 16 is what the packing needs)."""
+    step = family.bucket_multiple
+    if step <= 8:
+        return
+    if config.enable_bucket and config.bucket_reso_steps % step:
+        raise ConfigError(f"bucket_reso_steps {config.bucket_reso_steps} does not fit {family.title}: its latents "
+                          f"are packed 2x2, so bucket sides must be multiples of {step}; use 64 (or 32)")
+    width, height = parse_resolution(config.resolution)
+    if not config.enable_bucket and (width % step or height % step):
+        raise ConfigError(f"resolution {config.resolution} does not fit {family.title}: images are cropped to it "
+                          f"and its sides must be multiples of {step}; use e.g. 512,512 or 1024,1024")

@@ -40,6 +40,15 @@ NETWORKS = {
     "LyCORIS/Diag-OFT": ("lycoris.kohya", "diag-oft"), "LyCORIS/BOFT": ("lycoris.kohya", "boft"),
     "LyCORIS/Native Fine-Tuning": ("lycoris.kohya", "full"),
 }
+# The GUI's Flux tab: fields it passes in network_args for networks.lora_flux when set, and the keys it
+# passes to flux_train_network.py only with flux1_checkbox (the same names as ours).
+FLUX_NETWORK_ARGS = ("img_attn_dim", "img_mlp_dim", "img_mod_dim", "single_dim", "txt_attn_dim", "txt_mlp_dim",
+                     "txt_mod_dim", "single_mod_dim", "in_dims", "train_double_block_indices",
+                     "train_single_block_indices")
+FLUX_KEYS = ("ae", "clip_l", "t5xxl", "t5xxl_max_token_length", "apply_t5_attn_mask", "guidance_scale",
+             "timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "model_prediction_type")
+FLUX_TAB_KEYS = {"flux1_checkbox", "flux1_cache_text_encoder_outputs", "flux1_cache_text_encoder_outputs_to_disk",
+                 "split_mode", "train_blocks", "split_qkv", "train_t5xxl", *FLUX_NETWORK_ARGS, *FLUX_KEYS}
 # Fields the GUI passes in network_args for kohya's networks.lora when set (not 0 / empty).
 STANDARD_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
                  "block_alphas", "conv_block_dims", "conv_block_alphas", "rank_dropout", "module_dropout")
@@ -53,7 +62,8 @@ NOISE_KEYS = {"Original": ("noise_offset", "adaptive_noise_scale"),
 _BY_RULE = {"LoRA_type", "LyCORIS_preset", "conv_dim", "conv_alpha", "epoch", "max_train_epochs", "max_train_steps",
             "lr_warmup", "lr_warmup_steps", "noise_offset_type", "learning_rate", "unet_lr", "text_encoder_lr", "v2",
             "sdxl", "additional_parameters", "sdxl_cache_text_encoder_outputs", "stop_text_encoder_training",
-            "stop_text_encoder_training_pct", "seed", "conv_dims", "conv_alphas", *STANDARD_ARGS, *LYCORIS_ARGS,
+            "stop_text_encoder_training_pct", "seed", "conv_dims", "conv_alphas", *FLUX_TAB_KEYS, *STANDARD_ARGS,
+            *LYCORIS_ARGS,
             *LORAPLUS_ARGS, *NOISE_KEYS["Original"], *NOISE_KEYS["Multires"]}
 
 
@@ -80,6 +90,8 @@ def _warmup_fraction(percent) -> float:
 
 
 def _model_family(values: dict) -> str:
+    if values.get("flux1_checkbox") in (True, "true", "True"):
+        return "flux"
     if values.get("sdxl") in (True, "true", "True"):
         return "sdxl"
     if values.get("v2") in (True, "true", "True"):
@@ -96,6 +108,9 @@ def _network(values: dict) -> dict:
     if uses_conv and "conv_dim" in values:
         ours["conv_dim"] = values["conv_dim"]
         ours["conv_alpha"] = values.get("conv_alpha", 1)
+    if module == "networks.lora_flux":
+        ours["network_args"] = _flux_network_args(values)
+        return ours
     names = LYCORIS_ARGS if algo else STANDARD_ARGS
     args = [f"algo={algo}"] + ([f"preset={values['LyCORIS_preset']}"] if values.get("LyCORIS_preset") else []) \
         if algo else []
@@ -103,6 +118,38 @@ def _network(values: dict) -> dict:
              and not (name == "factor" and _number(values[name]) == -1)]
     ours["network_args"] = args
     return ours
+
+
+def _flux_network_args(values: dict) -> list[str]:
+    """As the GUI builds them for Flux1: the per-layer dims and block indices when set, split_mode forcing
+    train_blocks=single, split_qkv and train_t5xxl when ticked, rank/module dropout last."""
+    args = [f"{name}={values[name]}" for name in FLUX_NETWORK_ARGS if not _is_unset(values.get(name))]
+    if values.get("split_mode") in (True, "true", "True"):
+        args.append("train_blocks=single")
+    for name in ("split_qkv", "train_t5xxl"):
+        if values.get(name) in (True, "true", "True"):
+            args.append(f"{name}=True")
+    args += [f"{name}={values[name]}" for name in ("rank_dropout", "module_dropout", *LORAPLUS_ARGS)
+             if not _is_unset(values.get(name))]
+    return args
+
+
+def _flux(values: dict, ours: dict, notes: list[str]) -> None:
+    """The Flux tab's keys, passed (as the GUI does) only with flux1_checkbox."""
+    if ours["model_family"] != "flux":
+        return
+    for key in FLUX_KEYS:
+        if key in values and values[key] not in ("", None):
+            ours[key] = values[key]
+    if values.get("flux1_cache_text_encoder_outputs") in (True, "true", "True") or \
+            values.get("flux1_cache_text_encoder_outputs_to_disk") in (True, "true", "True"):
+        ours["cache_text_encoder_outputs"] = True
+    if values.get("flux1_cache_text_encoder_outputs_to_disk") in (True, "true", "True"):
+        notes.append("flux1_cache_text_encoder_outputs_to_disk: lorasmith caches the text-encoder outputs in "
+                     "memory (not on disk yet)")
+    if values.get("train_blocks") not in (None, "", "all") and values.get("split_mode") not in (True, "true", "True"):
+        notes.append(f"train_blocks {values['train_blocks']} is not passed by the kohya_ss GUI without split_mode; "
+                     "all blocks train (add train_blocks=... to network_args to choose)")
 
 
 def _length(values: dict) -> dict:
@@ -167,6 +214,7 @@ def translate(values: dict) -> tuple[dict, list[str]]:
             value = shlex.split(value)
         ours[target] = value
     ours.update(_network(values))
+    _flux(values, ours, notes)
     ours.update(_length(values))
     ours.update(_learning_rates(values))
     ours.update(_noise(values, notes))

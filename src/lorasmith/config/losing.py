@@ -11,11 +11,11 @@ from __future__ import annotations
 from lorasmith.config.schema import TrainConfig
 
 TRAINED_NETWORK_MODULE = "networks.lora"
+FLUX_NETWORK_MODULE = "networks.lora_flux"  # sd-scripts' Flux.1 LoRA (families/flux/lora.py)
 
 # network_module -> what users call it, for the refusal line
 _NETWORK_NAMES = {
     "lycoris.kohya": "LyCORIS",
-    "networks.lora_flux": "Flux.1 LoRA",
     "networks.oft_flux": "Flux.1 OFT",
     "networks.dylora": "DyLoRA",
     "networks.lora_fa": "LoRA-FA",
@@ -43,10 +43,15 @@ def unhonoured_settings(config: TrainConfig) -> list[str]:
                     "(kohya_ss LoRA_type LyCORIS/LoCon, LoHa, LoKr, iA3, GLoRA): pick one of those"]
         return [f"network_args {name}={value} is not read by lycoris.kohya (a typo?); it reads: "
                 f"{', '.join(sorted(LYCORIS_ARGS))}" for name, value in args.items() if name not in LYCORIS_ARGS]
+    if module == FLUX_NETWORK_MODULE:
+        from lorasmith.families.flux.lora_targets import unknown_flux_args
+
+        return unknown_flux_args(args)
     if module != TRAINED_NETWORK_MODULE:
         name = _NETWORK_NAMES.get(module, f"network_module {module}")
         return [f"{name} (network_module {module}) is not trained by lorasmith yet; it trains networks.lora (LoRA, "
-                "and LoCon with conv_dim) and lycoris.kohya (LyCORIS): set network_module networks.lora (kohya_ss "
+                "and LoCon with conv_dim), lycoris.kohya (LyCORIS) and networks.lora_flux (Flux.1): set network_module "
+                "networks.lora (kohya_ss "
                 "LoRA_type Standard or Kohya LoCon) to train that instead"]
     lines = [f"network_args {name}={value} is not trained by lorasmith yet (sd-scripts' networks.lora reads it); "
              "remove it to train without it" for name, value in args.items()
@@ -58,8 +63,31 @@ def unhonoured_settings(config: TrainConfig) -> list[str]:
     return lines
 
 
-def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> list[str]:
-    """One line for each setting in `given` that another setting overrides or that has no effect."""
+# The DDPM families' settings that Flux.1's flow matching has no use for (sd-scripts' Flux ignores them too),
+# and Flux's own settings, which the UNet families never read.
+UNET_ONLY_KEYS = ("min_snr_gamma", "debiased_estimation_loss", "noise_offset", "adaptive_noise_scale",
+                  "multires_noise_iterations", "clip_skip", "max_token_length", "weighted_captions",
+                  "v_parameterization", "zero_terminal_snr", "vae")
+FLUX_ONLY_KEYS = ("ae", "clip_l", "t5xxl", "t5xxl_max_token_length", "apply_t5_attn_mask", "timestep_sampling",
+                  "sigmoid_scale", "discrete_flow_shift", "model_prediction_type", "guidance_scale",
+                  "weighting_scheme", "logit_mean", "logit_std", "mode_scale")
+
+
+def family_losing(config: TrainConfig, given, family: str | None) -> list[str]:
+    """Settings the model's family does not read (nothing when the family is not known yet)."""
+    if family is None:
+        return []
+    if family == "flux":
+        return [f"{key} {_shown(getattr(config, key))} has no effect: Flux.1 is trained by flow matching with "
+                "T5-XXL and CLIP-L (sd-scripts' Flux ignores it too); remove it" for key in UNET_ONLY_KEYS
+                if key in given]
+    return [f"{key} {_shown(getattr(config, key))} has no effect: only Flux.1 models read it, and this is "
+            f"{family}; remove it or give a Flux.1 model" for key in FLUX_ONLY_KEYS if key in given]
+
+
+def losing_settings(config: TrainConfig, given: frozenset[str] | set[str], family: str | None = None) -> list[str]:
+    """One line for each setting in `given` that another setting overrides or that has no effect; with the
+    model's `family` known, also those that family does not read."""
     from lorasmith.train.optim import adafactor_relative_step, optimizer_entry
 
     c, lines = config, []
@@ -145,7 +173,7 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str]) -> li
     if "dropout" in _network_args(c):
         lines.append("network_args dropout has no effect (sd-scripts' networks.lora ignores it too); use "
                      "network_dropout")
-    return lines
+    return lines + family_losing(c, given, family)
 
 
 def _shown(value) -> str:

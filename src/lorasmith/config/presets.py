@@ -11,6 +11,7 @@ from lorasmith.errors import ConfigError
 PRESETS = {
     "8gb": "Medium VRAM (~8 GB): batch 1, gradient checkpointing, cached latents, 8-bit AdamW, 512 px",
     "12gb": "High VRAM (12 GB+): batch 4, 768 px",
+    "flux-24gb": "Flux.1-dev, 24 GB+: bf16 base, batch 1, 1024 px, cached latents and text, sd-scripts' Flux recipe",
 }
 
 

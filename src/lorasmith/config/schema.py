@@ -16,7 +16,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 from lorasmith.errors import ConfigError
 
-MODEL_FAMILIES = ("auto", "sd1", "sd2", "sdxl")
+MODEL_FAMILIES = ("auto", "sd1", "sd2", "sdxl", "flux")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
 # The usual optimizers, for the GUI's list; train/optim.py takes every name sd-scripts takes (any case, or a
@@ -26,6 +26,9 @@ OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "Lion", "Lion8bit", "Prodi
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
               "adafactor", "piecewise_constant")
 NETWORK_MODULES = ("networks.lora",)  # what lorasmith trains; others are read from configs and refused
+TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift")
+MODEL_PREDICTION_TYPES = ("raw", "additive", "sigma_scaled")
+WEIGHTING_SCHEMES = ("uniform", "none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
 SAMPLERS = ("euler_a", "euler", "ddim", "dpmpp_2m_karras", "dpmpp_2m", "pndm", "lms")
 
 
@@ -42,7 +45,8 @@ class TrainConfig:
 
     # --- Source model ---
     pretrained_model_name_or_path: str = _field(
-        "", "Base checkpoint: a .safetensors file (SD1.x, SD2.x, SDXL) or a diffusers folder.", "model")
+        "", "Base checkpoint: a .safetensors file (SD1.x, SD2.x, SDXL, or Flux.1's flux1-dev / flux1-schnell) or a "
+        "diffusers folder.", "model")
     model_family: str = _field(
         "auto", "Model family; 'auto' detects it from the checkpoint's tensors.", "model", MODEL_FAMILIES)
     v_parameterization: bool = _field(
@@ -52,6 +56,33 @@ class TrainConfig:
     vae: str = _field(
         "", "A separate VAE file to encode the images (and draw samples) with, instead of the checkpoint's own, "
         "e.g. for models published with their VAE beside them.", "model")
+
+    # --- Flux.1 (sd-scripts' flux_train_network.py options) ---
+    ae: str = _field("", "Flux.1: the autoencoder file (ae.safetensors); a diffusers folder has its own.", "flux")
+    clip_l: str = _field("", "Flux.1: the CLIP-L text encoder file (clip_l.safetensors).", "flux")
+    t5xxl: str = _field("", "Flux.1: the T5-XXL text encoder file (t5xxl_fp16.safetensors, or the fp8 one).",
+                        "flux")
+    t5xxl_max_token_length: Optional[int] = _field(
+        None, "Flux.1: T5 tokens read per caption; empty means 512 for dev, 256 for schnell.", "flux")
+    apply_t5_attn_mask: bool = _field(
+        False, "Flux.1: mask T5's padding tokens (sd-scripts' docs do not recommend it).", "flux")
+    timestep_sampling: str = _field(
+        "sigma", "Flux.1: how noise levels are drawn; the docs recommend flux_shift, or shift with "
+        "discrete_flow_shift 3.1582.", "flux", TIMESTEP_SAMPLINGS)
+    sigmoid_scale: float = _field(1.0, "Flux.1: scale of the sigmoid (and shift) timestep sampling.", "flux")
+    discrete_flow_shift: float = _field(
+        3.0, "Flux.1: the shift of the flow-matching schedule (sigma and shift sampling).", "flux")
+    model_prediction_type: str = _field(
+        "sigma_scaled", "Flux.1: how the prediction is read: raw (recommended), additive or sigma_scaled.", "flux",
+        MODEL_PREDICTION_TYPES)
+    guidance_scale: float = _field(
+        3.5, "Flux.1 dev: the guidance the model is given while training; the docs say 1.0.", "flux")
+    weighting_scheme: str = _field(
+        "uniform", "Flux.1: loss weighting over noise levels (sigma_scaled) and the density of sigma sampling.",
+        "flux", WEIGHTING_SCHEMES)
+    logit_mean: float = _field(0.0, "Flux.1: mean of the logit_normal weighting scheme.", "flux")
+    logit_std: float = _field(1.0, "Flux.1: spread of the logit_normal weighting scheme.", "flux")
+    mode_scale: float = _field(1.29, "Flux.1: scale of the mode weighting scheme.", "flux")
 
     # --- Folders ---
     train_data_dir: str = _field(

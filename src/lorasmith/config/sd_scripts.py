@@ -30,6 +30,9 @@ NOT_BUILT_KEYS = {
     "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": 0, "noise_offset_random_strength": False,
     "base_weights": None,
     "base_weights_multiplier": None, "dim_from_weights": False,
+    # the low-VRAM machinery (fp8 base weights, block swap, text outputs on disk) comes with the VRAM planner
+    "fp8_base": False, "fp8_base_unet": False, "full_bf16": False, "blocks_to_swap": None,
+    "cpu_offload_checkpointing": False, "cache_text_encoder_outputs_to_disk": False,
 }
 UNUSED_KEYS = NO_EFFECT_KEYS | set(NOT_BUILT_KEYS)
 

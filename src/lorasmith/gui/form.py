@@ -50,6 +50,11 @@ _LABELS = {
     "lr_scheduler_args": "LR scheduler extra arguments",
     "network_module": "Network module",
     "network_args": "Network arguments",
+    "ae": "AE (Flux autoencoder file)",
+    "clip_l": "CLIP-L file",
+    "t5xxl": "T5-XXL file",
+    "t5xxl_max_token_length": "T5-XXL max token length",
+    "apply_t5_attn_mask": "Apply T5 attention mask",
 }
 
 # Fields that hold a path, and whether it names a file or a folder (the path chooser uses it).
@@ -65,6 +70,9 @@ PATH_KINDS = {
     "conditioning_data_dir": "folder",
     "validation_data_dir": "folder",
     "network_weights": "file",
+    "ae": "file",
+    "clip_l": "file",
+    "t5xxl": "file",
 }
 
 # Where the page shows a key when it differs from the schema's group: kohya_ss's GUI (and so
@@ -77,6 +85,7 @@ GROUP_TITLES = {
     "folders": "Folders",
     "basic": "Basic",
     "advanced": "Advanced",
+    "flux": "Flux.1 (model files and recipe)",
     "samples": "Samples and validation",
 }
 

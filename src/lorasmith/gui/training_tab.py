@@ -114,7 +114,7 @@ class TrainingTab:
                 {k: self.fields[k] for k in ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")},
                 self.browse_root, "folders"))
         with gr.Tab("Parameters", id="parameters"):
-            for group, is_open in (("basic", True), ("advanced", False), ("samples", False)):
+            for group, is_open in (("basic", True), ("advanced", False), ("flux", False), ("samples", False)):
                 with gr.Accordion(form.GROUP_TITLES[group], open=is_open):
                     self.fields.update(form.build_group(group, defaults))
         with gr.Tab("Dataset preparation", id="dataset-preparation"):

@@ -1,4 +1,6 @@
-"""Which Stable Diffusion family a checkpoint is, from tensor names and shapes alone (no weights read).
+"""Which model family a checkpoint is, from tensor names and shapes alone (no weights read).
+
+Flux.1 files and folders are told by `lorasmith.families.flux.detect` and reported as "flux".
 
 Single files: SDXL has `conditioner.embedders.*` and the UNet's `label_emb` (size conditioning);
 SD2 has OpenCLIP under `cond_stage_model.model.*` (or, UNet only, cross-attention width 1024);
@@ -51,6 +53,11 @@ def detect_family(path: str | Path, *, allow_pickle: bool = False) -> tuple[str,
 
 def family_from_tensors(shapes: Mapping[str, tuple], metadata: Mapping[str, str], name: str) -> tuple[str, dict]:
     """Detect the family from a single file's tensor names and shapes (and lorasmith's metadata)."""
+    from lorasmith.families.flux.detect import flux_details  # here: the families package imports torch
+
+    flux = flux_details(shapes, name)
+    if flux is not None:  # Flux.1 files have no UNet: their own detector says what they hold
+        return "flux", flux
     configs = _metadata_configs(metadata, name)
     unet_keys = [k for k in shapes if k.startswith(UNET_PREFIX)]
     if not unet_keys:
@@ -115,6 +122,11 @@ DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 def detect_diffusers_folder(path: Path) -> tuple[str, dict]:
+    from lorasmith.families.flux.detect import flux_folder
+
+    flux = flux_folder(path)
+    if flux is not None:
+        return "flux", {**flux, "v_prediction": False}
     if not (path / "model_index.json").is_file() and not (path / "unet" / "config.json").is_file():
         raise ModelError(
             f"{path} is a folder but not a diffusers model (no model_index.json or unet/config.json); "

@@ -42,8 +42,14 @@ def load_base_model(
     device: str | torch.device = "cpu",
     vae_ready: VaeReady | None = None,
     vae_path: str | None = None,
+    ae: str | None = None,
+    clip_l: str | None = None,
+    t5xxl: str | None = None,
 ) -> BaseModel:
     """Load the SD1/SD2/SDXL checkpoint at `path`; `family` other than "auto" overrides detection.
+
+    Flux.1 files and folders (detected, or `family="flux"`) go to `load_flux_model` with `ae`,
+    `clip_l`, `t5xxl` (`vae_path` serves as `ae` when that is not given).
 
     v-prediction is on if `v_parameterization` is set or the checkpoint says so. The VAE loads
     first: `vae_ready(vae, family)` gets it on `device` before the UNet and text encoders load,
@@ -59,6 +65,11 @@ def load_base_model(
         raise ModelError(f"unknown model family '{family}'; use auto, {', '.join(FAMILIES)}")
     if not source.exists():
         raise ModelError(f"base model not found: {source}; check the path (pretrained_model_name_or_path)")
+    if family == "flux" or (family == "auto" and _is_flux(source)):
+        from lorasmith.families.flux.load import load_flux_model
+
+        return load_flux_model(source, ae=ae or vae_path, clip_l=clip_l, t5xxl=t5xxl, dtype=dtype, device=device,
+                               vae_ready=vae_ready)
     separate_vae = read_vae_file(Path(vae_path), dtype, allow_pickle) if vae_path else None
     if source.is_dir():
         base = _load_diffusers_folder(source, family, v_parameterization, allow_pickle, dtype, on_vae, separate_vae)
@@ -77,6 +88,16 @@ def load_base_model(
         raise ModelError(f"{source.name}: unknown model file type; give a .safetensors or .ckpt file or a diffusers folder")
     _to_device(base, device)
     return base
+
+
+def _is_flux(source: Path) -> bool:
+    """A Flux.1 .safetensors file or diffusers folder (headers and configs only; pickles are never Flux here)."""
+    if not (source.is_dir() or source.suffix.lower() == ".safetensors"):
+        return False
+    try:
+        return detect_family(source)[0] == "flux"
+    except ModelError:  # not a model we know: the SD path below says why
+        return False
 
 
 # --- single files ----------------------------------------------------------------------------

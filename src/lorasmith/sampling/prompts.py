@@ -32,6 +32,7 @@ class SamplePrompt:
     cfg_scale: float = DEFAULT_CFG
     seed: int | None = None
     sampler: str | None = None  # None: the run's sample_sampler
+    guidance: float | None = None  # Flux.1 dev's distilled guidance (sd-scripts' --g); None: 3.5
 
 
 # option -> (field, parser, what a value looks like)
@@ -43,6 +44,7 @@ _OPTIONS = {
     "l": ("cfg_scale", float, "a CFG scale such as 7"),
     "d": ("seed", int, "a whole-number seed"),
     "ss": ("sampler", str, "a sampler name"),
+    "g": ("guidance", float, "a Flux guidance scale such as 3.5"),
 }
 _SPLIT = re.compile(r"(?:^|\s)--(?=[a-zA-Z])")
 

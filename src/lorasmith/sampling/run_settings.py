@@ -24,6 +24,7 @@ class RunSettings:
     clip_skip: int = 1
     max_token_length: int = 75
     output_name: str | None = None
+    flux_files: tuple[str, str, str] = ("", "", "")  # Flux.1's ae, clip_l and t5xxl files the run used
 
 
 def run_settings(run_dir: str | Path | None) -> RunSettings:
@@ -44,7 +45,8 @@ def run_settings(run_dir: str | Path | None) -> RunSettings:
         allow_pickle=bool(config.get("allow_pickle", False)), vae=str(config.get("vae", "") or ""),
         resolution=parse_resolution(config.get("resolution", "512,512")),
         clip_skip=int(config.get("clip_skip", 1)), max_token_length=int(config.get("max_token_length", 75)),
-        output_name=record.output_name)
+        output_name=record.output_name,
+        flux_files=tuple(str(config.get(key, "") or "") for key in ("ae", "clip_l", "t5xxl")))
 
 
 def load_for_testing(base_model: str | None, settings: RunSettings = RunSettings(), precision: str = "no",
@@ -63,7 +65,8 @@ def load_for_testing(base_model: str | None, settings: RunSettings = RunSettings
     return load_base_model(path, family=settings.model_family, v_parameterization=settings.v_parameterization,
                            allow_pickle=allow_pickle or (settings.allow_pickle and own_base),
                            dtype=weight_dtype(precision, device), device=device,
-                           vae_path=settings.vae if own_base and settings.vae else None)
+                           vae_path=settings.vae if own_base and settings.vae else None,
+                           **dict(zip(("ae", "clip_l", "t5xxl"), (f or None for f in settings.flux_files))))
 
 
 def free_name(folder: Path, stem: str, suffix: str = ".png") -> str:

@@ -24,7 +24,7 @@ def test_schema_has_every_tutorial_parameter_with_a_doc():
         assert key in FIELDS, key
     for key, spec in FIELDS.items():
         assert spec.metadata["doc"], f"{key} has no explanation"
-        assert spec.metadata["group"] in {"model", "folders", "basic", "advanced", "samples"}
+        assert spec.metadata["group"] in {"model", "folders", "basic", "advanced", "flux", "samples"}
 
 
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
