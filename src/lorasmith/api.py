@@ -124,7 +124,8 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     check_optimizer_available(config.optimizer_type)
     from lorasmith.network.lycoris_network import uses_lycoris
 
-    if config.network_weights and not uses_lycoris(config):  # a LyCORIS network checks its file when it loads
+    # a LyCORIS or Flux network (per-type dims) checks its file when it loads
+    if config.network_weights and not uses_lycoris(config) and config.network_module.strip() != "networks.lora_flux":
         from lorasmith.network.files import check_start_weights
 
         check_start_weights(Path(config.network_weights).expanduser(), config.network_dim, config.conv_dim,

@@ -97,3 +97,17 @@ def test_every_widget_builds_a_component_with_its_value():
     assert [c.value for c in ordered] == form.config_to_values(config)
     assert all(c.elem_id == f"cfg-{key}" for key, c in zip(form.FORM_KEYS, ordered))
     assert isinstance(components["network_dim"], gr.Number) and components["network_dim"].precision == 0
+
+
+def test_the_flux_fields_have_their_own_section_and_the_flux_preset_round_trips():
+    from lorasmith.config.presets import load_preset
+
+    flux = [w for w in form.FORM if w.group == "flux"]
+    keys = {w.key for w in flux}
+    assert {"ae", "clip_l", "t5xxl", "t5xxl_max_token_length", "timestep_sampling", "model_prediction_type",
+            "guidance_scale", "discrete_flow_shift", "weighting_scheme", "apply_t5_attn_mask"} <= keys
+    kinds = {w.key: w.kind for w in flux}
+    assert kinds["timestep_sampling"] == "dropdown" and kinds["t5xxl_max_token_length"] == "optional"
+    assert form.PATH_KINDS["ae"] == form.PATH_KINDS["t5xxl"] == "file"
+    config = dataclasses.replace(load_preset("flux-24gb"), ae="/models/ae.safetensors", t5xxl_max_token_length=256)
+    assert form.values_to_config(form.config_to_values(config)) == config

@@ -145,3 +145,35 @@ def test_flux_demo_trains_end_to_end_with_samples(tmp_path):
     tensors, metadata = load_lora_file(result.final_file)
     assert metadata["ss_base_model_version"] == "flux1"
     assert "lora_unet_single_blocks_1_linear1.lora_down.weight" in tensors  # every block by default
+
+
+def test_a_stopped_flux_run_resumes_to_the_file_an_uninterrupted_run_writes(flux_layouts, make_dataset, tmp_path):
+    """Stop (as Ctrl-C does) after step 3 with save_state; resume auto; the same LoRA as one run of 6 steps."""
+    import threading
+
+    from lorasmith.events import Progress
+
+    data = make_dataset({"10_smithy": 2}, size=(64, 64))
+    values = {**model_values(flux_layouts["bfl"]), "train_data_dir": str(data), "resolution": "64,64",
+              "enable_bucket": False, "max_train_epochs": 0, "max_train_steps": 6, "network_dim": 4,
+              "learning_rate": 1e-3, "network_module": "networks.lora_flux", "t5xxl_max_token_length": 16,
+              "save_every_n_epochs": 0, "save_precision": "float", "save_state": True, "seed": 3,
+              "model_prediction_type": "raw", "num_cpu_threads_per_process": 1}
+    whole = api.train(with_values(TrainConfig(), {**values, "output_dir": str(tmp_path / "whole")}))
+
+    config = with_values(TrainConfig(), {**values, "output_dir": str(tmp_path / "stopped")})
+    stop = threading.Event()
+
+    def stop_after_three(event):
+        if isinstance(event, Progress) and event.task == "train" and event.done == 3:
+            stop.set()
+
+    first = api.train(config, events=stop_after_three, stop=stop)
+    assert first.interrupted and first.steps == 3 and first.state_dir
+    resumed = api.train(with_values(config, {"resume": "auto"}))
+    assert resumed.steps == 6 and not resumed.interrupted
+    a, _ = load_lora_file(resumed.final_file)
+    b, _ = load_lora_file(whole.final_file)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)

@@ -83,6 +83,9 @@ class TrainConfig:
     logit_mean: float = _field(0.0, "Flux.1: mean of the logit_normal weighting scheme.", "flux")
     logit_std: float = _field(1.0, "Flux.1: spread of the logit_normal weighting scheme.", "flux")
     mode_scale: float = _field(1.29, "Flux.1: scale of the mode weighting scheme.", "flux")
+    blocks_to_swap: int = _field(
+        0, "Flux.1: keep N transformer blocks in CPU memory and move each to the GPU when it is needed (up to "
+        "35): much less VRAM, slower. 16 for 12 GB, 28 for 8 GB (sd-scripts' docs).", "flux")
 
     # --- Folders ---
     train_data_dir: str = _field(
@@ -190,6 +193,21 @@ class TrainConfig:
     cache_text_encoder_outputs: bool = _field(
         False, "Encode captions once (only when the text encoder is not trained and captions are not shuffled).",
         "advanced")
+    cache_text_encoder_outputs_to_disk: bool = _field(
+        False, "Keep the cached text-encoder outputs in files beside the images, reused by later runs (implies "
+        "cache_text_encoder_outputs).", "advanced")
+    fp8_base: bool = _field(
+        False, "Store the frozen base model's weights in float8 (e4m3fn), brought to the compute precision "
+        "layer by layer: about half the VRAM of fp16 weights. Needs mixed precision.", "advanced")
+    fp8_base_unet: bool = _field(
+        False, "fp8 for the UNet / Flux transformer only; the text encoders keep the compute precision "
+        "(implies fp8_base).", "advanced")
+    full_bf16: bool = _field(
+        False, "Keep the LoRA weights and their gradients in bf16 too (less VRAM; needs mixed_precision bf16).",
+        "advanced")
+    cpu_offload_checkpointing: bool = _field(
+        False, "Keep gradient checkpointing's saved activations in CPU memory (less VRAM, about 15% slower); "
+        "needs gradient_checkpointing.", "advanced")
     caption_extension: str = _field(".txt", "Extension of caption files beside the images.", "advanced")
     shuffle_caption: bool = _field(False, "Shuffle comma-separated tags each step (keeps the first keep_tokens).", "advanced")
     keep_tokens: int = _field(0, "Tags at the start of a caption that shuffling never moves (your trigger word).", "advanced")

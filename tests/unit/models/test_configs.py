@@ -37,8 +37,9 @@ def _build(family: str, part: str):
 
             return FluxTransformer2DModel.from_config(config)
         if family == "flux" and part == "text_encoder_2":
-            from lorasmith.families.flux.meta import t5_config
             from transformers import T5EncoderModel
+
+            from lorasmith.families.flux.meta import t5_config
 
             return T5EncoderModel(t5_config(config))
         if part == "unet":

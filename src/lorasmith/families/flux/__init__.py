@@ -34,7 +34,8 @@ def prepare_for_training(base: BaseModel, config: Any, train_text_encoder: bool)
         base.unet.enable_gradient_checkpointing()
         if train_text_encoder:
             for encoder in base.text_encoders:
-                enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+                enable = (getattr(encoder, "activation_checkpointing_enable", None)
+                          or encoder.gradient_checkpointing_enable)  # transformers 5 renamed it
                 enable()
     base.unet.train()
     for encoder in base.text_encoders:

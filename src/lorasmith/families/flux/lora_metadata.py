@@ -49,7 +49,7 @@ def flux_lora_file_bytes(config: Any, configs: dict | None = None) -> int:
     """The file size of the LoRA `config` trains on Flux.1: the network built over the real (or the
     checkpoint's own) architecture on the meta device, its tensors counted, the header sized."""
     from lorasmith.families.flux.lora import FluxLoraSpec
-    from lorasmith.network.size import METADATA_BYTES_ESTIMATE, _DTYPE_BYTES, tensor_index_bytes
+    from lorasmith.network.size import _DTYPE_BYTES, METADATA_BYTES_ESTIMATE, tensor_index_bytes
 
     spec = FluxLoraSpec.from_config(config)
     shapes = _tensor_shapes(spec, _configs_key(configs))

@@ -98,6 +98,7 @@ def _single_file_map(path: Path) -> CheckpointMap:
     with SafetensorsFile(path) as file:
         shapes, metadata = file.shapes(), file.metadata()
     name, details = family_from_tensors(shapes, metadata, path.name)
+    _refuse_flux(name, path)
     family = FAMILIES[name]
     configs = details["configs"]
     if not configs:  # a real checkpoint: the family's shipped architecture
@@ -111,11 +112,18 @@ def _single_file_map(path: Path) -> CheckpointMap:
                          _lists(weights), _lists(biases))
 
 
+def _refuse_flux(family: str, path: Path) -> None:
+    if family == "flux":
+        raise ModelError(f"{path.name} is a Flux.1 model: merging LoRAs into a Flux checkpoint is not built yet "
+                         "(SD1/SD2/SDXL only); apply the LoRA at load time instead (ComfyUI, lorasmith generate)")
+
+
 def _folder_map(path: Path) -> CheckpointMap:
     from lorasmith.models.detect import detect_diffusers_folder
     from lorasmith.models.tensor_files import SafetensorsFile
 
     name, details = detect_diffusers_folder(path)
+    _refuse_flux(name, path)
     family = FAMILIES[name]
     unet, encoders = meta_modules(family, details["configs"])
     weights: dict[str, list[Slot]] = {}
