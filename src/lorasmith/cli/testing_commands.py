@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lorasmith.cli.train_commands import TerminalProgress
-from lorasmith.config.schema import PRECISIONS, SAMPLERS, MODEL_FAMILIES
+from lorasmith.config.schema import MODEL_FAMILIES, PRECISIONS, SAMPLERS
 
 
 def parse_lora_option(text: str) -> tuple[str, float]:

@@ -15,9 +15,9 @@ from typing import Any
 
 from lorasmith.errors import ModelError
 from lorasmith.models.base import BaseModel
+from lorasmith.network.deltas import ModuleDelta, module_deltas
 from lorasmith.network.files import load_lora_file
 from lorasmith.network.kohya_keys import key_table, resolve_module
-from lorasmith.network.deltas import ModuleDelta, module_deltas
 from lorasmith.network.kohya_tensors import LoraModuleTensors
 
 
