@@ -65,8 +65,11 @@ def setting_lines(config: TrainConfig, given=None) -> tuple[list[str], list[str]
     return losing_settings(config, given, family), unhonoured_settings(config)
 
 
-def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ignore_events, given=None):
-    """The step plan for a configuration: needs the folders and parameters, no model file."""
+def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ignore_events, given=None,
+         memory: bool = False):
+    """The step plan for a configuration: needs the folders and parameters, no model file.
+
+    `memory`: add the VRAM planner's estimate at the data's largest bucket (seconds the first time)."""
     from lorasmith.dataset.plan import plan_steps
     from lorasmith.families import family_behaviour
     from lorasmith.models.families import get_family
@@ -86,10 +89,59 @@ def plan(config: TrainConfig, verify_images: bool = True, events: EventSink = ig
     check_family_shapes(config, get_family(family))
     from lorasmith.network.lycoris_network import uses_lycoris
 
+    if memory:
+        largest = max(step_plan.bucket_counts, key=lambda wh: wh[0] * wh[1], default=None)
+        try:
+            step_plan.memory = memory_estimate(config, bucket=largest)
+        except Exception as error:  # the step plan stands without it (e.g. parts of mismatched architectures)
+            events(Message(f"no GPU memory estimate: {error}", "warning"))
     if uses_lycoris(config):  # its size depends on the algorithm's factors: not estimated (yet)
         return step_plan
     step_plan.lora_file_bytes = family_behaviour(get_family(family)).lora_file_bytes(family, config, configs)
     return step_plan
+
+
+def memory_estimate(config: TrainConfig, bucket: tuple[int, int] | None = None):
+    """The VRAM planner's `MemoryEstimate` for `config`: the model file's architecture is read, never its weights.
+    `bucket`: the largest (width, height) to plan for, else the largest the settings allow."""
+    from lorasmith.memory import estimate_training_memory
+
+    family, configs = base_architecture(config)
+    return estimate_training_memory(config, family, configs, bucket=bucket)
+
+
+def fit_changes(config: TrainConfig, gib: float):
+    """The cheapest changes that make `config` fit `gib` GB (memory.advice.Change, each with its estimate)."""
+    from lorasmith.memory.advice import fit_advice
+
+    family, configs = base_architecture(config)
+    return fit_advice(config, family, gib, configs)
+
+
+def gpu_free_bytes() -> int | None:
+    """The free memory of the CUDA GPU this process would train on, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info()[0]
+
+
+def _warn_when_too_big(config: TrainConfig, data_plan, events: EventSink) -> None:
+    """A warning before loading when the planner's estimate exceeds the GPU's free memory (CUDA only)."""
+    free = gpu_free_bytes()
+    if free is None:
+        return
+    largest = max(data_plan.bucket_counts, key=lambda wh: wh[0] * wh[1], default=None)
+    try:
+        estimate = memory_estimate(config, bucket=largest)
+    except Exception as error:  # the planner must never stop a run it could not plan
+        events(Message(f"the GPU memory estimate failed ({error}); training goes on", "warning"))
+        return
+    if estimate.total > free:
+        events(Message(f"this run needs about {estimate.total / 2**30:.1f} GB of GPU memory (estimate) but "
+                       f"{free / 2**30:.1f} GB is free; `lorasmith plan --vram {free / 2**30:.0f}` lists the "
+                       "cheapest changes that fit", "warning"))
 
 
 # --- training and the demo ---
@@ -138,6 +190,7 @@ def train(config: TrainConfig, events: EventSink = ignore_events, stop=None, bas
     for line in data.plan.lines():
         events(Message(line))
     owns_base = base is None
+    _warn_when_too_big(config, data.plan, events)
     latents = LatentsWhileLoading(config, data, events) if owns_base and config.cache_latents else None
     if owns_base:
         from accelerate import PartialState

@@ -177,3 +177,30 @@ def test_a_stopped_flux_run_resumes_to_the_file_an_uninterrupted_run_writes(flux
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_generate_applies_an_sd_scripts_flux_lora_and_weight_zero_is_the_base(flux_layouts, tmp_path):
+    """A file in sd-scripts' networks.lora_flux layout (random up weights, every block and CLIP-L) through
+    `lorasmith generate` on the tiny Flux files: it changes the image; at weight 0 the image is the base's."""
+    import numpy as np
+
+    from lorasmith.families.flux.lora import FluxLoraSpec, create_flux_lora_network
+    from lorasmith.network.files import save_lora_file
+
+    files = flux_layouts["bfl"]
+    donor = load(files)
+    network = create_flux_lora_network(donor, FluxLoraSpec(rank=4, alpha=4))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in network.modules:
+            module.up.copy_(torch.randn(module.up.shape, generator=generator) * 0.5)
+    lora = tmp_path / "sdscripts_flux.safetensors"
+    save_lora_file(lora, network.kohya_state_dict(torch.bfloat16), {"ss_network_module": "networks.lora_flux"})
+
+    base = load(files)
+    common = dict(prompt="smithy, 1girl", steps=2, width=64, height=64, seed=5, base=base)
+    plain = np.asarray(api.generate(None, **common).images[0], dtype=np.int16)
+    at_zero = np.asarray(api.generate(None, loras=[(str(lora), 0.0)], **common).images[0], dtype=np.int16)
+    with_lora = np.asarray(api.generate(None, loras=[(str(lora), 1.0)], **common).images[0], dtype=np.int16)
+    assert np.abs(plain - at_zero).max() <= 1
+    assert np.abs(plain - with_lora).mean() > 2.0

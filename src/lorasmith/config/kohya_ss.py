@@ -145,8 +145,7 @@ def _flux(values: dict, ours: dict, notes: list[str]) -> None:
             values.get("flux1_cache_text_encoder_outputs_to_disk") in (True, "true", "True"):
         ours["cache_text_encoder_outputs"] = True
     if values.get("flux1_cache_text_encoder_outputs_to_disk") in (True, "true", "True"):
-        notes.append("flux1_cache_text_encoder_outputs_to_disk: lorasmith caches the text-encoder outputs in "
-                     "memory (not on disk yet)")
+        ours["cache_text_encoder_outputs_to_disk"] = True
     if values.get("train_blocks") not in (None, "", "all") and values.get("split_mode") not in (True, "true", "True"):
         notes.append(f"train_blocks {values['train_blocks']} is not passed by the kohya_ss GUI without split_mode; "
                      "all blocks train (add train_blocks=... to network_args to choose)")

@@ -130,13 +130,16 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str], famil
     elif not (c.sample_every_n_epochs or c.sample_every_n_steps or c.sample_at_first):
         loses("sample_prompts", "neither sample_every_n_epochs nor sample_every_n_steps is set; set one to make "
                                 "samples")
-    if c.cache_text_encoder_outputs:
-        if not c.network_train_unet_only:
-            loses("cache_text_encoder_outputs", "the text encoder is trained, so its outputs change; set "
-                                                "network_train_unet_only to cache them")
-        elif c.captions_vary:
-            loses("cache_text_encoder_outputs", "shuffle_caption or caption dropout changes the captions each "
-                                                "step; turn those off to cache them")
+    for key in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"):  # _to_disk implies it
+        if getattr(c, key) and not c.network_train_unet_only:
+            loses(key, "the text encoder is trained, so its outputs change; set network_train_unet_only to cache "
+                       "them")
+        elif getattr(c, key) and c.captions_vary:
+            loses(key, "shuffle_caption or caption dropout changes the captions each step; turn those off to "
+                       "cache them")
+    if c.fp8_base and c.fp8_base_unet:
+        loses("fp8_base", "fp8_base_unet keeps the text encoders at the compute precision; only the UNet / Flux "
+                          "transformer is in fp8")
     if c.keep_tokens and not (c.shuffle_caption or c.caption_tag_dropout_rate):
         loses("keep_tokens", "only shuffle_caption and caption_tag_dropout_rate move or drop tags")
     if not c.multires_noise_iterations:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import tomllib
 from importlib import resources
+
+import tomllib
 
 from lorasmith.config.schema import TrainConfig, from_dict
 from lorasmith.errors import ConfigError
 
 PRESETS = {
     "8gb": "Medium VRAM (~8 GB): batch 1, gradient checkpointing, cached latents, 8-bit AdamW, 512 px",
-    "12gb": "High VRAM (12 GB+): batch 4, 768 px",
-    "flux-24gb": "Flux.1-dev, 24 GB+: bf16 base, batch 1, 1024 px, cached latents and text, sd-scripts' Flux recipe",
+    "12gb": "High VRAM (12 GB+): batch 4, 768 px, gradient checkpointing",
+    "flux-12gb": "Flux.1-dev, 12 GB: fp8 base, 16 blocks swapped, batch 1, 8-bit AdamW, 1024 px, cached latents, text",
+    "flux-16gb": "Flux.1-dev, 16 GB: fp8 base, 8 blocks swapped, batch 1, 8-bit AdamW, 1024 px, cached latents, text",
+    "flux-24gb": "Flux.1-dev, 24 GB: fp8 base, batch 2, 1024 px, cached latents and text, sd-scripts' Flux recipe",
 }
 
 

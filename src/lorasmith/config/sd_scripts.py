@@ -10,12 +10,12 @@ is refused by `train` (config/losing.py), not dropped.
 from __future__ import annotations
 
 # train_network.py arguments that change nothing lorasmith trains (speed, memory, logging, file
-# handling), or that it does on its own (SDPA attention, fp32 LoRA weights, VAE upcasting).
+# handling), or that it does on its own (SDPA attention, VAE upcasting).
 NO_EFFECT_KEYS = frozenset({
     "network_train_text_encoder_only_lr", "save_model_as", "save_last_n_epochs_state",
     "save_last_n_steps_state", "output_config",
     "xformers", "mem_eff_attn", "lowram", "highvram", "vae_batch_size", "no_half_vae",
-    "full_fp16", "full_bf16", "fp8_base", "persistent_data_loader_workers",
+    "full_fp16", "persistent_data_loader_workers",
     "log_with", "log_prefix", "log_tracker_name", "log_tracker_config", "wandb_api_key", "wandb_run_name",
     "dataset_config", "config_file", "in_json", "dataset_repeats",
     "no_metadata", "metadata_title", "metadata_author", "metadata_description", "metadata_license",
@@ -30,9 +30,6 @@ NOT_BUILT_KEYS = {
     "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": 0, "noise_offset_random_strength": False,
     "base_weights": None,
     "base_weights_multiplier": None, "dim_from_weights": False,
-    # the low-VRAM machinery (fp8 base weights, block swap, text outputs on disk) comes with the VRAM planner
-    "fp8_base": False, "fp8_base_unet": False, "full_bf16": False, "blocks_to_swap": None,
-    "cpu_offload_checkpointing": False, "cache_text_encoder_outputs_to_disk": False,
 }
 UNUSED_KEYS = NO_EFFECT_KEYS | set(NOT_BUILT_KEYS)
 

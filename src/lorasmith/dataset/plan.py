@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lorasmith.config.schema import TrainConfig
 from lorasmith.dataset.batches import count_batches, epoch_samples
@@ -43,6 +44,7 @@ class StepPlan:
     advice: list[str] = field(default_factory=list)
     lora_file_bytes: int | None = None
     bucket_counts: dict = field(default_factory=dict)
+    memory: Any = None  # memory.MemoryEstimate, when the plan was asked for one
 
     def lines(self) -> list[str]:
         out = []
@@ -64,6 +66,9 @@ class StepPlan:
             shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} KB"
             out.append(f"LoRA file: about {shown} per saved epoch")
         out += [f"advice: {a}" for a in self.advice]
+        if self.memory is not None:
+            out += self.memory.lines()
+            out += ["  " + ", ".join(self.memory.fit_lines())]
         out.append(f"total steps: {self.total_steps}")
         return out
 

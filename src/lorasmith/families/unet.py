@@ -16,9 +16,15 @@ from lorasmith.train.step import LossRecipe, NoiseRecipe, denoising_loss, draw_n
 
 
 def prepare_for_training(base: BaseModel, config: Any, train_text_encoder: bool) -> None:
+    from lorasmith.errors import ConfigError
+    from lorasmith.train.low_vram import mark_fp8_base
     from lorasmith.train.setup import prepare_base_for_training
 
+    if config.blocks_to_swap:
+        raise ConfigError(f"blocks_to_swap {config.blocks_to_swap} swaps Flux.1 transformer blocks, and this is a "
+                          "Stable Diffusion model; set blocks_to_swap 0 (try fp8_base or gradient_checkpointing)")
     prepare_base_for_training(base, config, train_text_encoder)
+    mark_fp8_base(base, config, list(base.text_encoders), convs=True)  # sd-scripts: the UNet and the CLIPs
 
 
 def network_spec(config: Any) -> Any:

@@ -112,6 +112,21 @@ def plan_text(values: Sequence) -> str:
     return f"**Total steps: {step_plan.total_steps}**\n\n" + text_block(step_plan.lines() + warnings)
 
 
+def memory_text(values: Sequence) -> str:
+    """The live GPU memory estimate (the VRAM planner: the architecture on meta, no weights), or why not."""
+    from lorasmith.memory.estimate import GIB
+
+    try:
+        estimate = api.memory_estimate(form.values_to_config(values))
+    except LorasmithError as error:
+        return error_line(error)
+    fits = [size for size in (8, 12, 16, 24) if estimate.fits(size)]
+    card = f"fits {fits[0]} GB and more" if fits else "needs more than 24 GB"
+    return (f"**GPU memory: about {estimate.total / GIB:.1f} GB ({card})**\n\n"
+            + text_block(estimate.lines() + estimate.fit_lines()
+                         + [f"(estimated in {estimate.seconds:.1f} s; `lorasmith plan --vram N` lists changes)"]))
+
+
 def remember_form(values: Sequence) -> dict:
     """The form as this browser keeps it between reloads: key -> widget value (keys survive new fields)."""
     return dict(zip(form.FORM_KEYS, values))

@@ -35,6 +35,11 @@ def _plan(*values) -> tuple[str, dict]:
     return training.plan_text(values), training.remember_form(values)
 
 
+def _memory(*values) -> str:
+    """The GPU memory estimate of the form's settings (cached: a changed learning rate costs nothing)."""
+    return training.memory_text(values)
+
+
 def _restore(saved: dict) -> list:
     """[*form values, plan] as this browser left them before a reload; nothing changes on a first visit."""
     values = training.remembered_form(saved)
@@ -60,15 +65,18 @@ class TrainingTab:
             self._config_bar()
             with gr.Tabs():
                 self._sections()
-            self.plan = gr.Markdown("Set the image folder (Folders tab) to see the step calculation.",
-                                    elem_id="step-plan")
+            with gr.Row():
+                self.plan = gr.Markdown("Set the image folder (Folders tab) to see the step calculation.",
+                                        elem_id="step-plan")
+                self.memory = gr.Markdown("The GPU memory estimate follows the settings.", elem_id="memory-estimate")
             self._run_panel()
         self.inputs = form.in_form_order(self.fields)
         self._wire_config_bar()
         self._wire_plan()
         self._wire_run()
-        app.load(self._restore_with_offer, inputs=self.saved_form, outputs=[*self.inputs, self.plan, self.resume_offer],
-                 show_progress="hidden")
+        restored = app.load(self._restore_with_offer, inputs=self.saved_form,
+                            outputs=[*self.inputs, self.plan, self.resume_offer], show_progress="hidden")
+        restored.then(_memory, inputs=self.inputs, outputs=[self.memory], show_progress="hidden")
 
     def _restore_with_offer(self, saved: dict) -> list:
         """The form as this browser left it, and, after a crash or a reboot, the offer to resume its run."""
@@ -143,7 +151,8 @@ class TrainingTab:
     # ---- wiring ---------------------------------------------------------------------------
 
     def _then_plan(self, event) -> None:
-        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden")
+        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden").then(
+            _memory, inputs=self.inputs, outputs=[self.memory], show_progress="hidden")
 
     def _fill(self, handler, inputs: list, event_source) -> None:
         """`handler(...) -> FormAnswer` fills the form and the status line, then the plan."""
@@ -182,6 +191,9 @@ class TrainingTab:
             self._then_plan(event)
         gr.on([component.input for component in self.inputs], _plan, inputs=self.inputs,
               outputs=[self.plan, self.saved_form], trigger_mode="always_last", show_progress="hidden")
+        # the estimate beside it, on its own queue: the step plan never waits for a first measurement
+        gr.on([component.input for component in self.inputs], _memory, inputs=self.inputs,
+              outputs=[self.memory], trigger_mode="always_last", show_progress="hidden")
 
     def _wire_run(self) -> None:
         def start(*values):

@@ -1,7 +1,7 @@
 """The memory a training step adds on top of the weights, measured by running the step itself.
 
-The step is the trainer's own: `prepare_base_for_training` (checkpointing, attention), `create_network`
-(peft LoRA or LyCORIS), the text encoders through `encode_tokens` (with gradients when they train,
+The step is the trainer's own: the family's `prepare_for_training` (checkpointing, attention) and
+`create_network` (peft LoRA or LyCORIS), the text encoders through `encode_tokens` (with gradients when they train,
 without when frozen, skipped when their outputs are cached), `denoising_loss`, and the backward. It
 runs under `LiveBytes` (what is allocated and freed, op by op) and `CudaRules` (CUDA's autocast and
 attention kernels). On meta tensors this costs no memory and a few seconds; on real tensors (the
@@ -50,12 +50,14 @@ def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
 
 
 def inject_network(base, config) -> Any:
-    """Prepare `base` as the trainer does and put the network in; on a meta base the network is meta too."""
-    from lorasmith.network.create import create_network, network_spec
-    from lorasmith.train.setup import prepare_base_for_training
+    """Prepare `base` as the trainer does, through its family's interface, and put the network in; on a meta
+    base the network is meta too."""
+    from lorasmith.families import family_behaviour
 
-    spec = network_spec(config)
-    prepare_base_for_training(base, config, spec.train_text_encoder)
+    family = family_behaviour(base.family)
+    spec = family.network_spec(config)
+    family.prepare_for_training(base, config, spec.train_text_encoder)
+    create_network = family.create_network
     device = next(base.unet.parameters()).device
     if device.type != "meta":
         return create_network(base, spec)
@@ -75,10 +77,10 @@ def tracked_step(base, network, config, bucket: tuple[int, int], run=None) -> St
     """One training step of `base` with `network` at `bucket` (width, height), measured.
 
     `run`: how LiveBytes runs each operator (a MetaOpCache for meta models)."""
-    from lorasmith.network.create import network_spec
+    from lorasmith.families import family_behaviour
 
     started = time.perf_counter()
-    text = text_mode(config, network_spec(config).train_text_encoder)
+    text = text_mode(config, family_behaviour(base.family).network_spec(config).train_text_encoder)
     params = list(network.trainable_parameters())
     with LiveBytes(run=run) as live, CudaRules(autocast_dtype(config.mixed_precision)) as rules:
         if config.gradient_accumulation_steps > 1:  # the last batch's gradients are alive through this one

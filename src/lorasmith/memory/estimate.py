@@ -82,21 +82,23 @@ class MemoryEstimate:
     batch: int
     seconds: float  # how long this estimate took (most of it is measuring; cached settings take ~0)
     notes: tuple[str, ...] = ()
+    caching_label: str = "caching latents"  # what `caching` is (Flux: "caching text-encoder outputs" too)
+    method: str = "measured"  # how the step's activations were found ("fitted": from cut-down models)
 
     @property
     def phase(self) -> str:
-        """Where memory peaks: "a training step" or "caching latents"."""
+        """Where memory peaks: "a training step" or `caching_label` ("caching latents")."""
         if self.caching is not None and _sum(self.caching) > _sum(self.training):
-            return "caching latents"
+            return self.caching_label
         return "a training step"
 
     @property
     def peak(self) -> int:
-        return _sum(self.caching if self.phase == "caching latents" else self.training)
+        return _sum(self.caching if self.phase != "a training step" else self.training)
 
     @property
     def parts(self) -> tuple[MemoryPart, ...]:
-        measured = self.caching if self.phase == "caching latents" else self.training
+        measured = self.caching if self.phase != "a training step" else self.training
         return (*measured,
                 MemoryPart("CUDA context", CUDA_CONTEXT_BYTES, "a rule, not measured"),
                 MemoryPart("allocator reserve", int(self.peak * ALLOCATOR_RESERVE_FRACTION),
@@ -122,10 +124,10 @@ class MemoryEstimate:
                 out.append(f"  {'= peak allocated':<18} {self.peak / MIB:>8,.0f} MiB  "
                            "(what torch.cuda.max_memory_allocated would show)")
         out.append(f"  {'= total':<18} {self.total / MIB:>8,.0f} MiB  ({self.total / GIB:.2f} GB)")
-        if self.phase == "caching latents":
+        if self.phase != "a training step":
             out.append(f"  (a training step after it: {_sum(self.training) / MIB:,.0f} MiB allocated)")
         elif self.caching is not None:
-            out.append(f"  (caching latents before it: {_sum(self.caching) / MIB:,.0f} MiB allocated)")
+            out.append(f"  ({self.caching_label} before it: {_sum(self.caching) / MIB:,.0f} MiB allocated)")
         out += [f"  note: {note}" for note in self.notes]
         return out
 
@@ -150,7 +152,7 @@ def largest_bucket(config: TrainConfig) -> tuple[int, int]:
 
 def estimate_training_memory(config: TrainConfig, family: str, configs: dict | None = None,
                              base_dtype: str | None = None, bucket: tuple[int, int] | None = None) -> MemoryEstimate:
-    """Predict the peak GPU memory of training `config` on a `family` model ("sd1", "sd2", "sdxl").
+    """Predict the peak GPU memory of training `config` on a `family` model ("sd1", "sd2", "sdxl", "flux").
 
     `configs`: the checkpoint's own architecture (part -> config), else the family's shipped one.
     `base_dtype`: the frozen weights' dtype ("fp32", "fp16", "bf16"); by default what the trainer
@@ -160,8 +162,12 @@ def estimate_training_memory(config: TrainConfig, family: str, configs: dict | N
     from lorasmith.memory.weights import DTYPES, base_dtype_for
 
     started = time.perf_counter()
+    if family == "flux":
+        from lorasmith.memory.flux_estimate import estimate_flux_memory
+
+        return estimate_flux_memory(config, configs, bucket)
     if family not in ("sd1", "sd2", "sdxl"):
-        raise ConfigError(f"the memory estimate needs the model family (sd1, sd2 or sdxl), got {family!r}")
+        raise ConfigError(f"the memory estimate needs the model family (sd1, sd2, sdxl or flux), got {family!r}")
     base_dtype = base_dtype or base_dtype_for(config.mixed_precision)
     if base_dtype not in DTYPES:
         raise ConfigError(f"base_dtype must be one of {', '.join(DTYPES)}, got {base_dtype!r}")
@@ -187,6 +193,7 @@ class _Measured:
     encode_batch: int  # the VAE encoding a batch each step (latents not cached), else 0
     encode_cache: int  # the VAE encoding LATENT_CACHE_BATCH images before training (latents cached), else 0
     upcast_vae: bool
+    upcast: int = 0  # fp8_base: one layer's weight in the compute dtype while it runs
 
 
 def _measure(config: TrainConfig, family: str, configs_json: str | None, base_dtype: str,
@@ -201,8 +208,15 @@ def _measure(config: TrainConfig, family: str, configs_json: str | None, base_dt
     encoding = measure.encode(family, configs_json, base_dtype, bucket,
                               LATENT_CACHE_BATCH if config.cache_latents else config.train_batch_size)
     args = tuple(config.optimizer_args)
+    unet, text_encoders, upcast = base[0], base[1:-1], 0
+    if config.fp8_base or config.fp8_base_unet:  # as train/low_vram.py: the UNet, and with fp8_base the CLIPs
+        unet, upcast = measure.fp8_part(family, configs_json, base_dtype, "unet")
+        if not config.fp8_base_unet:
+            stored = [measure.fp8_part(family, configs_json, base_dtype, p.part) for p in text_encoders]
+            text_encoders = tuple(bytes_ for bytes_, _ in stored)
+            upcast = max([upcast, *(layer for _, layer in stored)])
     return _Measured(
-        unet=base[0], text_encoders=base[1:-1], vae=base[-1], step=step,
+        unet=unet, text_encoders=text_encoders, vae=base[-1], step=step, upcast=upcast,
         optimizer_state=state_bytes(config.optimizer_type, step.trainable_shapes, args),
         optimizer_scratch=step_scratch_bytes(config.optimizer_type, step.trainable_shapes),
         encode_batch=0 if config.cache_latents else encoding.bytes,
@@ -212,12 +226,16 @@ def _measure(config: TrainConfig, family: str, configs_json: str | None, base_dt
 def _training_phase(config: TrainConfig, m: _Measured) -> list[MemoryPart]:
     """The parts at a training step's peak: its forward and backward, its optimizer step, or its VAE encoding."""
     step, grads = m.step, m.step.gradient_bytes
+    if config.full_bf16:  # the LoRA's weights and gradients in bf16: half of what the float32 step measured
+        grads //= 2
     accumulating = config.gradient_accumulation_steps > 1
     candidates = [(step.peak, grads, "the step's forward and backward"),
                   (grads + m.optimizer_scratch, grads, "the optimizer step's temporaries"),
                   (m.encode_batch + (grads if accumulating else 0), grads if accumulating else 0,
                    "the VAE encoding the batch" + (" in float32 (force_upcast)" if m.upcast_vae else ""))]
     dynamic, alive, where = max(candidates, key=lambda c: c[0])
+    if config.full_bf16:  # the step's own gradients, made in bf16
+        dynamic -= (step.gradient_bytes - grads) if where == candidates[0][2] else 0
     text = sum(part.total for part in m.text_encoders)
     return [
         MemoryPart("UNet", m.unet.total, m.unet.describe()),
@@ -226,11 +244,22 @@ def _training_phase(config: TrainConfig, m: _Measured) -> list[MemoryPart]:
                    + ("" if step.text == "cached" else f", {_describe(m.text_encoders)}")),
         MemoryPart("VAE", 0 if config.cache_latents else m.vae.total,
                    "latents cached: off the GPU" if config.cache_latents else m.vae.describe()),
-        MemoryPart("LoRA weights", step.lora_bytes, f"float32, {len(step.trainable_shapes)} tensors"),
-        MemoryPart("LoRA gradients", alive, "float32" if alive else "none alive at the peak"),
-        MemoryPart("optimizer state", m.optimizer_state, config.optimizer_type),
-        MemoryPart("activations", dynamic - alive, f"peak of {where}"),
+        MemoryPart("LoRA weights", step.lora_bytes // (2 if config.full_bf16 else 1),
+                   f"{_lora_dtype(config)}, {len(step.trainable_shapes)} tensors"),
+        MemoryPart("LoRA gradients", alive, _lora_dtype(config) if alive else "none alive at the peak"),
+        MemoryPart("optimizer state", _state(config, m.optimizer_state), config.optimizer_type),
+        MemoryPart("activations", dynamic - alive + m.upcast, f"peak of {where}"
+                   + (f", + {m.upcast / MIB:,.0f} MiB: one fp8 layer upcast" if m.upcast else "")),
     ]
+
+
+def _lora_dtype(config: TrainConfig) -> str:
+    return "bf16 (full_bf16)" if config.full_bf16 else "float32"
+
+
+def _state(config: TrainConfig, state: int) -> int:
+    """The optimizer state: in the LoRA's dtype (bf16 with full_bf16) unless 8-bit."""
+    return state // 2 if config.full_bf16 and "8bit" not in config.optimizer_type.lower() else state
 
 
 def _caching_phase(m: _Measured) -> list[MemoryPart]:
@@ -265,6 +294,8 @@ def _notes(config: TrainConfig, m: _Measured) -> tuple[str, ...]:
     if m.step.text == "cached":
         notes.append("cached text-encoder outputs: counted as sd-scripts runs them, the encoders moved off the GPU "
                      "once their outputs are cached")
+    if config.cpu_offload_checkpointing:
+        notes.append("cpu_offload_checkpointing: not counted for SD (the checkpointed inputs are taken as on the GPU)")
     if not optimizer_rule(config.optimizer_type)[1]:
         notes.append(f"{config.optimizer_type}: not in the optimizer table; its state is taken as Adam's "
                      "(two float32 values per weight)")

@@ -65,7 +65,37 @@ def encode(family: str, configs_json: str | None, vae_dtype: str, bucket: tuple[
     return tracked_encode(vae, bucket, batch, get_family(family).latent_scale, run=_META_OPS)
 
 
+@lru_cache(maxsize=16)
+def fp8_part(family: str, configs_json: str | None, base_dtype: str, part: str) -> tuple[PartBytes, int]:
+    """A part's bytes with its layers stored in fp8, and one layer's upcast copy (see weights.fp8_part_bytes)."""
+    from lorasmith.memory.weights import fp8_part_bytes
+
+    return fp8_part_bytes(family, configs_json, base_dtype, part)
+
+
+@lru_cache(maxsize=64)
+def encode_flux(configs_json: str | None, dtype: str, bucket: tuple[int, int], batch: int) -> EncodeMeasure:
+    """Flux's AE encoding `batch` images at `bucket`."""
+    import json
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+
+    from lorasmith.families.flux.meta import flux_part_config
+    from lorasmith.memory.weights import DTYPES, quiet_diffusers
+    from lorasmith.models.families import FLUX
+
+    with quiet_diffusers(), init_empty_weights():
+        config = flux_part_config("vae", json.loads(configs_json) if configs_json else None)
+        vae = AutoencoderKL.from_config(config)
+        vae = vae.to(device="meta", dtype=DTYPES[dtype])
+    return tracked_encode(vae, bucket, batch, FLUX.latent_scale, run=_META_OPS)
+
+
 def clear() -> None:
     """Forget every measurement (tests that time a measurement from scratch)."""
-    for cached in (weights, step, encode, _prepared):
+    from lorasmith.memory import flux
+
+    for cached in (weights, step, encode, _prepared, encode_flux, fp8_part, flux.flux_weights, flux.measured_point,
+                   flux.text_caching_bytes):
         cached.cache_clear()

@@ -131,3 +131,16 @@ def base_part_bytes(family: str, configs_json: str | None, base_dtype: str) -> t
     parts = [module_bytes("unet", base.unet)]
     parts += [module_bytes(part, encoder) for part, encoder in zip(text_parts(family), base.text_encoders)]
     return (*parts, module_bytes("vae", base.vae))
+
+
+def fp8_part_bytes(family: str, configs_json: str | None, base_dtype: str, part: str) -> tuple[PartBytes, int]:
+    """A part with fp8_base (train/low_vram.py): its Linear weights (the UNet's Conv2d weights too) in float8
+    (1 byte), the rest in `base_dtype`; and the largest such weight in `base_dtype`, the upcast copy the GPU
+    holds while that layer runs."""
+    module = meta_module(family, configs_json, part, base_dtype)
+    counted = module_bytes(part, module)
+    size = DTYPES[base_dtype].itemsize
+    kinds = (torch.nn.Linear, torch.nn.Conv2d) if part == "unet" else (torch.nn.Linear,)
+    layers = [m.weight.numel() for m in module.modules() if isinstance(m, kinds)]
+    rest = counted.total - sum(layers) * size
+    return PartBytes(part, (("fp8", sum(layers)), (base_dtype, rest))), max(layers, default=0) * size

@@ -101,6 +101,8 @@ def build_metadata(
         "ss_scale_weight_norms": _off_is_none(config.scale_weight_norms),
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,
+        "ss_fp8_base": bool(config.fp8_base),  # sd-scripts writes the arguments as given
+        "ss_fp8_base_unet": bool(config.fp8_base_unet),
         "ss_v2": family.name == "sd2",
         "ss_base_model_version": family.base_model_version,
         "ss_sd_model_name": base_model_name,

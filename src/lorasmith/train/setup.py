@@ -123,7 +123,9 @@ def prepare_base_for_training(base, config: TrainConfig, train_text_encoder: boo
     if not config.sdpa:
         base.unet.set_attn_processor(AttnProcessor())
     if config.gradient_checkpointing:
-        base.unet.enable_gradient_checkpointing()
+        from lorasmith.train.low_vram import enable_checkpointing
+
+        enable_checkpointing(base.unet, config)  # cpu_offload_checkpointing: the saved inputs on the CPU
         if train_text_encoder:
             for encoder in base.text_encoders:
                 # transformers 5 renamed it; the old name prints a FutureWarning in every run.

@@ -25,6 +25,7 @@ from lorasmith.dataset.plan import epochs_and_steps
 from lorasmith.errors import TrainingError
 from lorasmith.events import EventSink, FileWritten, Message, Progress, ignore_events
 from lorasmith.families import family_behaviour
+from lorasmith.train import low_vram
 from lorasmith.train import run as files
 from lorasmith.train.batches import CaptionRules, collate
 from lorasmith.train.ema import LoraEma
@@ -77,17 +78,21 @@ class Trainer(RunFiles):
         self.base_hashes = base_hashes  # the checkpoint's sha256, still being read: the first save waits for it
         self.early_latents = latents  # latents already being encoded while the model loaded
         self.norms: tuple[int, float, float] | None = None  # the last scale_weight_norms outcome
+        self.text_encoders_parked = False  # on the CPU while their outputs are cached
 
     # ---- set-up -------------------------------------------------------------------------
 
     def setup(self) -> None:
         config, base, accelerator = self.config, self.base, self.accelerator
         spec = self.family.network_spec(config)
+        low_vram.check_low_vram(config, on_gpu=accelerator.device.type != "cpu")
         self.family.prepare_for_training(base, config, spec.train_text_encoder)
         torch.manual_seed(config.seed)  # the LoRA's initial weights come from the seed
         self.network = self.family.create_network(base, spec)
         if config.network_weights:
             self._start_from(config.network_weights)
+        low_vram.cast_network(self.network, config)  # full_bf16
+        low_vram.store_marked_in_fp8([base.unet, *base.text_encoders])  # fp8_base: after the LoRA is made
         self.train_text_encoder = spec.train_text_encoder
         self.masks = self._masks()
         self.recipe = self.family.training_recipe(config)
@@ -98,7 +103,7 @@ class Trainer(RunFiles):
                                          config.learning_rate, tuple(config.optimizer_args))
         self.schedule_free = optimizer_entry(config.optimizer_type).schedule_free
         modules = [base.unet] + (list(base.text_encoders) if spec.train_text_encoder else [])
-        prepared = accelerator.prepare(*modules, optimizer)
+        prepared = low_vram.prepare_modules(accelerator, modules, optimizer)  # blocks_to_swap: not all at once
         self.modules, self.optimizer = list(prepared[:-1]), prepared[-1]
         self.model = replace(base, unet=self.modules[0],
                              text_encoders=self.modules[1:] if spec.train_text_encoder else base.text_encoders)
@@ -186,7 +191,8 @@ class Trainer(RunFiles):
         """Measure the validation loss when it is due; stop early when it stayed above its best long enough."""
         if self.validator is None or not self.validator.due(epoch if at_epoch_end else None, step):
             return
-        loss = self.validator.run(self.model, self.modules, epoch, step)
+        with low_vram.text_encoders_at_hand(self.base, self.accelerator.device, self.text_encoders_parked):
+            loss = self.validator.run(self.model, self.modules, epoch, step)
         self.accelerator.log({"loss/validation": loss}, step=step)
         self.events(Message(f"validation loss {loss:.6f} at epoch {epoch}, step {step}"))
         self.events(Progress("validation", step, self.total_steps, {"validation_loss": loss, "epoch": epoch}))
@@ -199,21 +205,19 @@ class Trainer(RunFiles):
 
     def _cache_text_outputs(self) -> dict | None:
         """Encode each caption once when the text encoders are frozen and captions never change."""
+        from lorasmith.train.text_cache import cache_text_outputs
+
         config = self.config
-        if not (config.cache_text_encoder_outputs and not self.train_text_encoder and not config.captions_vary):
+        to_disk = config.cache_text_encoder_outputs_to_disk  # implies cache_text_encoder_outputs
+        if not ((config.cache_text_encoder_outputs or to_disk) and not self.train_text_encoder
+                and not config.captions_vary):
             return None
-        # captions that never vary still get their prefix, suffix and separator: cache them as trained
-        rules = CaptionRules.from_config(config)
-        captions = sorted({rules.apply(sample.item.caption, random.Random(0), 1) for sample in self.data.samples})
-        cache = {}
-        with torch.no_grad():
-            for start in range(0, len(captions), 16):
-                chunk = captions[start : start + 16]
-                text = self._text_states(chunk)
-                for index, caption in enumerate(chunk):
-                    pooled = None if text.pooled is None else text.pooled[index]
-                    cache[caption] = (text.context[index], pooled)
-        self.events(Message(f"cached text-encoder outputs of {len(cache)} captions"))
+        cache, read = cache_text_outputs(self.data.samples, CaptionRules.from_config(config), self._text_states,
+                                         self.base, config, self.accelerator.device, to_disk)
+        self.events(Message(f"cached text-encoder outputs of {len(cache)} captions"
+                            + (f" ({read} images read from their files)" if to_disk else "")))
+        self.text_encoders_parked = True  # only samples and validation need them: their VRAM is what caching is for
+        low_vram.text_encoders_to(self.base, "cpu")
         return cache
 
     def _encode_captions(self, captions: list[str]):
@@ -412,7 +416,8 @@ class Trainer(RunFiles):
         from lorasmith.sampling.prompts import read_prompts_file
 
         self.base.vae.to(self.accelerator.device)
-        with self._averaged_weights():
+        with low_vram.text_encoders_at_hand(self.base, self.accelerator.device, self.text_encoders_parked), \
+                self._averaged_weights():
             written = sample_during_training(self.base, read_prompts_file(self.prompts_file),
                                              self.output_dir, self.config.output_name, epoch, step,
                                              self.config.sample_sampler, clip_skip=self.config.clip_skip,

@@ -27,11 +27,15 @@ DEFAULT_GUIDANCE = 3.5  # FluxPipeline's and sd-scripts' sampling guidance for d
 
 def prepare_for_training(base: BaseModel, config: Any, train_text_encoder: bool) -> None:
     """Freeze everything; gradient checkpointing where asked. Attention is diffusers' Flux processor, which
-    already runs PyTorch's scaled-dot-product attention (sdpa off has no other kernel to choose)."""
+    already runs PyTorch's scaled-dot-product attention (sdpa off has no other kernel to choose).
+    Low VRAM: fp8 for the transformer and T5 (CLIP-L stays, as sd-scripts), blocks_to_swap."""
+    from lorasmith.families.flux.block_swap import enable_block_swap
+    from lorasmith.train.low_vram import SWAP, enable_checkpointing, mark_fp8_base
+
     for module in (base.unet, base.vae, *base.text_encoders):
         module.requires_grad_(False)
     if config.gradient_checkpointing:
-        base.unet.enable_gradient_checkpointing()
+        enable_checkpointing(base.unet, config)
         if train_text_encoder:
             for encoder in base.text_encoders:
                 enable = (getattr(encoder, "activation_checkpointing_enable", None)
@@ -40,6 +44,13 @@ def prepare_for_training(base: BaseModel, config: Any, train_text_encoder: bool)
     base.unet.train()
     for encoder in base.text_encoders:
         encoder.train(train_text_encoder)
+    mark_fp8_base(base, config, list(base.text_encoders[1:]), convs=False)
+    earlier = getattr(base.unet, SWAP, None)
+    if earlier is not None:  # a base trained before in this process
+        earlier.remove()
+        delattr(base.unet, SWAP)
+    if config.blocks_to_swap:
+        setattr(base.unet, SWAP, enable_block_swap(base.unet, config.blocks_to_swap))
 
 
 def network_spec(config: Any) -> Any:

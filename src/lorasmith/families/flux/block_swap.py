@@ -18,6 +18,7 @@ and the compute stream waits on its event, so the copy overlaps the blocks befor
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +39,11 @@ def check_block_swap(count: int, doubles: int, singles: int) -> None:
     """One line when the model cannot swap `count` blocks."""
     double, single = swap_split(count)
     if count < 0 or double > doubles - KEEP or single > singles - KEEP:
-        most = max(n for n in range(0, 2 * (doubles + singles)) if swap_split(n)[0] <= doubles - KEEP
-                   and swap_split(n)[1] <= singles - KEEP)
+        most = max((n for n in range(2 * (doubles + singles)) if swap_split(n)[0] <= doubles - KEEP
+                    and swap_split(n)[1] <= singles - KEEP), default=0)
         raise ConfigError(f"blocks_to_swap {count} swaps {double} double and {single} single blocks, but this "
                           f"Flux model has {doubles} and {singles} and keeps {KEEP} of each on the GPU; set "
-                          f"blocks_to_swap to at most {most}")
+                          f"blocks_to_swap to at most {most}" + (" (0: off)" if most == 0 else ""))
 
 
 class _Reached(torch.autograd.Function):
@@ -63,14 +64,14 @@ class _Reached(torch.autograd.Function):
 class BlockSwap:
     """Swaps the frozen weights of the last `count` of `blocks` between `device` and their CPU copies.
 
-    `park` is where a swapped-out block's tensors point: "cpu" (their copy) or, in tests, "meta", so that
-    computing with a block that is not resident fails instead of quietly working on the CPU."""
+    `park` is what a swapped-out block's tensors hold: "cpu" (their copy) or, in tests, "nan", so that
+    computing with a block that is not resident shows instead of quietly working on the CPU."""
 
     blocks: list
     count: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     park: str = "cpu"
-    log: list = field(default_factory=list)  # ("in" | "out", block) in order, for tests and debugging
+    log: deque = field(default_factory=lambda: deque(maxlen=512))  # ("in" | "out", block): the latest moves
     _homes: list = field(default_factory=list, repr=False)  # per block: [(parameter, CPU copy)]
     _pending: dict = field(default_factory=dict, repr=False)  # block -> CUDA event of its copy
     _resident: set = field(default_factory=set, repr=False)
@@ -131,8 +132,11 @@ class BlockSwap:
     def _drop(self, index: int) -> None:
         self.log.append(("out", index))
         for p, home in self._homes[index]:
-            p.data = home if self.park == "cpu" else torch.empty_like(home, device=self.park)
+            p.data = self.parked(home)
         self._resident.discard(index)
+
+    def parked(self, home: torch.Tensor) -> torch.Tensor:
+        return home if self.park == "cpu" else torch.full_like(home, float("nan"))
 
     def _wait(self, index: int) -> None:
         event = self._pending.pop(index, None)
@@ -151,6 +155,8 @@ class BlockSwap:
             raise RuntimeError(f"block swap: block {index} is not on {self.device} when it runs")
 
     def after_block(self, index: int, training: bool) -> None:
+        if not self.count:
+            return
         if not training:
             self._swap(index, (self.n - self.count + index) % self.n)
         elif index < self.count:
@@ -197,16 +203,21 @@ class FluxBlockSwap:
             for p in module.parameters(recurse=False):
                 if id(p) in parked:
                     swapper, home = homes[id(p)]
-                    p.data = home if swapper.park == "cpu" else torch.empty_like(home, device=swapper.park)
+                    p.data = swapper.parked(home)
                 else:
                     p.data = p.data.to(device)
             for name, buffer in module.named_buffers(recurse=False):
                 module._buffers[name] = buffer.to(device)
 
     def remove(self) -> None:
+        """Take the hooks out; every swapped tensor back to its CPU copy (the model is then placed anew)."""
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        for swapper in self.swappers:
+            for pairs in swapper._homes:
+                for p, home in pairs:
+                    p.data = home
 
 
 def enable_block_swap(transformer: Any, count: int, park: str = "cpu") -> FluxBlockSwap:

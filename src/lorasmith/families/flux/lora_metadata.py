@@ -21,7 +21,8 @@ def flux_metadata(config: Any, base_info: dict) -> dict[str, str | None]:
     recipe = {
         "ss_network_module": FLUX_NETWORK_MODULE,
         "ss_clip_skip": None, "ss_max_token_length": None,
-        "ss_fp8_base": False, "ss_fp8_base_unet": False,
+        # flux_train_network.py turns fp8_base on with fp8_base_unet before writing it
+        "ss_fp8_base": bool(config.fp8_base or config.fp8_base_unet), "ss_fp8_base_unet": bool(config.fp8_base_unet),
         "ss_model_type": "flux",
         "ss_apply_t5_attn_mask": bool(config.apply_t5_attn_mask),
         "ss_weighting_scheme": config.weighting_scheme,
