@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -97,6 +98,23 @@ def load_demo(output_dir: str) -> FormAnswer:
 # ---- the step plan and the run ---------------------------------------------------------------
 
 
+_IMPORTING = threading.Lock()
+
+
+def _libraries_imported() -> None:
+    """diffusers resolves its names lazily and not thread-safely, and two estimates can start side by side
+    (the page's load and a first change): the names the planner uses are resolved once, under a lock."""
+    with _IMPORTING:
+        import diffusers
+        import transformers
+
+        for name in ("AutoencoderKL", "DDPMScheduler", "UNet2DConditionModel", "FluxTransformer2DModel",
+                     "FlowMatchEulerDiscreteScheduler"):
+            getattr(diffusers, name)
+        for name in ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"):
+            getattr(transformers, name)
+
+
 def plan_text(values: Sequence) -> str:
     """The live step calculation, or what stops it (missing folder, wrong value) as one line."""
     from lorasmith import api
@@ -116,6 +134,7 @@ def memory_text(values: Sequence) -> str:
     """The live GPU memory estimate (the VRAM planner: the architecture on meta, no weights), or why not."""
     from lorasmith.memory.estimate import GIB
 
+    _libraries_imported()
     try:
         estimate = api.memory_estimate(form.values_to_config(values))
     except LorasmithError as error:

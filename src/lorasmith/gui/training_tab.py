@@ -151,14 +151,25 @@ class TrainingTab:
     # ---- wiring ---------------------------------------------------------------------------
 
     def _then_plan(self, event) -> None:
-        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden").then(
-            _memory, inputs=self.inputs, outputs=[self.memory], show_progress="hidden")
+        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden")
+        # its own branch: the estimate neither waits for the plan nor is skipped when the plan's queue is busy
+        event.then(_memory, inputs=self.inputs, outputs=[self.memory], show_progress="hidden")
 
     def _fill(self, handler, inputs: list, event_source) -> None:
-        """`handler(...) -> FormAnswer` fills the form and the status line, then the plan."""
-        event = event_source(lambda *args: _form_outputs(handler(*args)), inputs=inputs,
-                             outputs=[self.config_status, *self.inputs])
-        self._then_plan(event)
+        """`handler(...) -> FormAnswer` fills the form and the status line, then the plan and the estimate.
+
+        The estimate reads the filled values from a server-side State: a chained event can start before the
+        page has taken in a hundred new field values, and would estimate the form as it was."""
+        filled = gr.State(None)
+
+        def fill(*args):
+            answer = handler(*args)
+            return [*_form_outputs(answer), answer.values]
+
+        event = event_source(fill, inputs=inputs, outputs=[self.config_status, *self.inputs, filled])
+        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden")
+        event.then(lambda values, *now: _memory(*(values if values is not None else now)),
+                   inputs=[filled, *self.inputs], outputs=[self.memory], show_progress="hidden")
 
     def _wire_config_bar(self) -> None:
         self._fill(training.open_config, [self.config_path], self.open_button.click)
