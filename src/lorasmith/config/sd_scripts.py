@@ -14,7 +14,7 @@ from __future__ import annotations
 NO_EFFECT_KEYS = frozenset({
     "network_train_text_encoder_only_lr", "save_model_as", "save_last_n_epochs_state",
     "save_last_n_steps_state", "output_config",
-    "xformers", "mem_eff_attn", "lowram", "highvram", "vae_batch_size", "no_half_vae",
+    "xformers", "mem_eff_attn", "lowram", "highvram", "no_half_vae",
     "full_fp16", "persistent_data_loader_workers",
     "log_with", "log_prefix", "log_tracker_name", "log_tracker_config", "wandb_api_key", "wandb_run_name",
     "dataset_config", "config_file", "in_json", "dataset_repeats",

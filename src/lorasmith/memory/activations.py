@@ -23,7 +23,6 @@ import torch
 from lorasmith.memory.autocast import CudaRules
 from lorasmith.memory.tracking import LiveBytes
 
-LATENT_CACHE_BATCH = 4  # dataset/latent_cache.cache_latents' batch_size, as the trainer calls it
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,8 @@ class _Measured:
     optimizer_state: int
     optimizer_scratch: int
     encode_batch: int  # the VAE encoding a batch each step (latents not cached), else 0
-    encode_cache: int  # the VAE encoding LATENT_CACHE_BATCH images before training (latents cached), else 0
+    encode_cache: int  # the VAE encoding vae_batch_size images before training (latents cached), else 0
+    cache_batch: int
     upcast_vae: bool
     upcast: int = 0  # fp8_base: one layer's weight in the compute dtype while it runs
 
@@ -199,14 +200,13 @@ class _Measured:
 def _measure(config: TrainConfig, family: str, configs_json: str | None, base_dtype: str,
              bucket: tuple[int, int], key: tuple) -> _Measured:
     from lorasmith.memory import measure
-    from lorasmith.memory.activations import LATENT_CACHE_BATCH
     from lorasmith.memory.optimizer import state_bytes, step_scratch_bytes
 
     base = measure.weights(family, configs_json, base_dtype)
     step = measure.step(family, configs_json, base_dtype, bucket, key)
-    # the VAE encodes each batch (latents not cached) or, before training, LATENT_CACHE_BATCH images at a time
+    # the VAE encodes each batch (latents not cached) or, before training, vae_batch_size images at a time
     encoding = measure.encode(family, configs_json, base_dtype, bucket,
-                              LATENT_CACHE_BATCH if config.cache_latents else config.train_batch_size)
+                              config.vae_batch_size if config.cache_latents else config.train_batch_size)
     args = tuple(config.optimizer_args)
     unet, text_encoders, upcast = base[0], base[1:-1], 0
     if config.fp8_base or config.fp8_base_unet:  # as train/low_vram.py: the UNet, and with fp8_base the CLIPs
@@ -220,7 +220,8 @@ def _measure(config: TrainConfig, family: str, configs_json: str | None, base_dt
         optimizer_state=state_bytes(config.optimizer_type, step.trainable_shapes, args),
         optimizer_scratch=step_scratch_bytes(config.optimizer_type, step.trainable_shapes),
         encode_batch=0 if config.cache_latents else encoding.bytes,
-        encode_cache=encoding.bytes if config.cache_latents else 0, upcast_vae=encoding.upcast)
+        encode_cache=encoding.bytes if config.cache_latents else 0, cache_batch=config.vae_batch_size,
+        upcast_vae=encoding.upcast)
 
 
 def _training_phase(config: TrainConfig, m: _Measured) -> list[MemoryPart]:
@@ -263,9 +264,7 @@ def _state(config: TrainConfig, state: int) -> int:
 
 
 def _caching_phase(m: _Measured) -> list[MemoryPart]:
-    """The parts while latents are cached: the whole base on the GPU, the VAE encoding four images."""
-    from lorasmith.memory.activations import LATENT_CACHE_BATCH
-
+    """The parts while latents are cached: the whole base on the GPU, the VAE encoding vae_batch_size images."""
     return [
         MemoryPart("UNet", m.unet.total, m.unet.describe()),
         MemoryPart("text encoders", sum(p.total for p in m.text_encoders), _describe(m.text_encoders)),
@@ -274,7 +273,7 @@ def _caching_phase(m: _Measured) -> list[MemoryPart]:
         MemoryPart("LoRA gradients", 0, "none yet"),
         MemoryPart("optimizer state", 0, "none yet"),
         MemoryPart("activations", m.encode_cache,
-                   f"the VAE encoding {LATENT_CACHE_BATCH} images to cache their latents"
+                   f"the VAE encoding {m.cache_batch} image(s) at a time to cache their latents"
                    + (" in float32 (force_upcast)" if m.upcast_vae else "")),
     ]
 

@@ -32,7 +32,7 @@ def estimate_flux_memory(config, configs: dict | None = None, bucket: tuple[int,
 
     from lorasmith.families.flux import network_spec
     from lorasmith.memory import measure
-    from lorasmith.memory.activations import LATENT_CACHE_BATCH, text_mode
+    from lorasmith.memory.activations import text_mode
     from lorasmith.memory.measure import MODEL_FIELDS
     from lorasmith.memory.optimizer import state_bytes, step_scratch_bytes
     from lorasmith.memory.weights import base_dtype_for
@@ -95,10 +95,10 @@ def estimate_flux_memory(config, configs: dict | None = None, bucket: tuple[int,
     )
     phases = []
     if config.cache_latents:
-        encoding = measure.encode_flux(configs_json, dtype, bucket, LATENT_CACHE_BATCH).bytes
+        encoding = measure.encode_flux(configs_json, dtype, bucket, config.vae_batch_size).bytes
         phases.append(("caching latents", _phase(
             [("VAE", w.ae.total, "AE alone on the GPU")],
-            MemoryPart("activations", encoding, f"the AE encoding {LATENT_CACHE_BATCH} images"))))
+            MemoryPart("activations", encoding, f"the AE encoding {config.vae_batch_size} image(s) at a time"))))
     if text == "cached":
         phases.append(("caching text-encoder outputs", _phase(
             [("text encoders", text_bytes, f"CLIP-L {w.clip.describe()}; T5-XXL {w.t5.describe()}")],

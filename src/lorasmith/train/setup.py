@@ -66,6 +66,7 @@ def cache_training_latents(vae, family, config: TrainConfig, data: TrainingData,
 
     events(Message(f"caching latents of {len(data.bucket_of)} images"))
     return cache_latents(vae, data.bucket_of, family.latent_scale, to_disk=config.cache_latents_to_disk,
+                         batch_size=config.vae_batch_size,
                          progress=lambda done, total: events(Progress("cache latents", done, total)),
                          flip=config.flip_aug)
 
