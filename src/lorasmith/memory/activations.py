@@ -24,7 +24,6 @@ from lorasmith.memory.autocast import CudaRules
 from lorasmith.memory.tracking import LiveBytes
 
 
-
 @dataclass(frozen=True)
 class StepMeasure:
     """What one step of forward and backward allocated beyond the weights and the LoRA."""
@@ -60,11 +59,11 @@ def inject_network(base, config) -> Any:
     device = next(base.unet.parameters()).device
     if device.type != "meta":
         return create_network(base, spec)
-    from accelerate import init_empty_weights
+    from lorasmith.models.empty import empty_weights
 
     # its parameters made on meta: no real initialisation (SDXL's LoRA takes ten seconds on a CPU); only
     # parameters, as LyCORIS works out its factors with small CPU tensors (torch.device("meta") breaks that)
-    with init_empty_weights():
+    with empty_weights():
         network = create_network(base, spec)
     for param in network.trainable_parameters():  # LyCORIS makes some outside register_parameter
         if param.device.type != "meta":

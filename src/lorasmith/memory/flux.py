@@ -81,12 +81,12 @@ def _dtype(config) -> torch.dtype:
 def flux_weights(configs_json: str | None, dtype_name: str, fp8_unet: bool, fp8_text: bool,
                  network_key: tuple) -> FluxWeights:
     """The real architecture's bytes, as stored on the GPU, and its LoRA's shapes."""
-    from accelerate import init_empty_weights
     from diffusers import AutoencoderKL
 
     from lorasmith.families import family_behaviour
     from lorasmith.families.flux.meta import flux_part_config, meta_flux_base
     from lorasmith.memory.weights import quiet_diffusers
+    from lorasmith.models.empty import empty_weights
     from lorasmith.models.families import FLUX
 
     dtype = DTYPES[dtype_name]
@@ -95,7 +95,7 @@ def flux_weights(configs_json: str | None, dtype_name: str, fp8_unet: bool, fp8_
         base = meta_flux_base(configs)
         for module in (base.unet, *base.text_encoders):
             module.to(device="meta", dtype=dtype)
-        with init_empty_weights():
+        with empty_weights():
             ae = AutoencoderKL.from_config(flux_part_config("vae", configs)).to(device="meta", dtype=dtype)
     transformer, (clip, t5) = base.unet, base.text_encoders
     upcast = largest_linear_bytes(transformer, dtype) if fp8_unet else 0
@@ -111,7 +111,7 @@ def flux_weights(configs_json: str | None, dtype_name: str, fp8_unet: bool, fp8_
     config = as_config(network_key)  # the LoRA goes in after the base's own bytes are counted
     family = family_behaviour(FLUX)
     base.vae = torch.nn.Module()
-    with init_empty_weights():
+    with empty_weights():
         network = family.create_network(base, family.network_spec(config))
     return FluxWeights(**weights, lora_shapes=tuple(tuple(p.shape) for p in network.trainable_parameters()))
 
@@ -141,10 +141,9 @@ def tracked_flux_step(base, config, bucket: tuple[int, int], run=_META_OPS) -> S
     """One Flux training step of `base` as the trainer runs it (prepare, network, text, loss, backward), measured.
 
     `base` may be real (the tests) or on meta; its weights are put in the compute dtype first."""
-    from accelerate import init_empty_weights
-
     from lorasmith.families import family_behaviour
     from lorasmith.families.flux.text import FluxText, FluxTokens, encode_flux_tokens, t5_length
+    from lorasmith.models.empty import empty_weights
 
     family = family_behaviour(base.family)
     spec = family.network_spec(config)
@@ -156,7 +155,7 @@ def tracked_flux_step(base, config, bucket: tuple[int, int], run=_META_OPS) -> S
                 tensor.data = tensor.data.to(dtype)
     family.prepare_for_training(base, config, spec.train_text_encoder)
     if on_meta:
-        with init_empty_weights():
+        with empty_weights():
             network = family.create_network(base, spec)
     else:
         network = family.create_network(base, spec)

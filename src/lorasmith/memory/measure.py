@@ -78,14 +78,14 @@ def encode_flux(configs_json: str | None, dtype: str, bucket: tuple[int, int], b
     """Flux's AE encoding `batch` images at `bucket`."""
     import json
 
-    from accelerate import init_empty_weights
     from diffusers import AutoencoderKL
 
     from lorasmith.families.flux.meta import flux_part_config
     from lorasmith.memory.weights import DTYPES, quiet_diffusers
+    from lorasmith.models.empty import empty_weights
     from lorasmith.models.families import FLUX
 
-    with quiet_diffusers(), init_empty_weights():
+    with quiet_diffusers(), empty_weights():
         config = flux_part_config("vae", json.loads(configs_json) if configs_json else None)
         vae = AutoencoderKL.from_config(config)
         vae = vae.to(device="meta", dtype=DTYPES[dtype])

@@ -75,13 +75,12 @@ def text_parts(family: str) -> tuple[str, ...]:
 
 def meta_module(family: str, configs_json: str | None, part: str, dtype: str):
     """One part ("unet", "text_encoder", "text_encoder_2", "vae") on the meta device, in `dtype`."""
-    from accelerate import init_empty_weights
-
+    from lorasmith.models.empty import empty_weights
     from lorasmith.models.load import diffusers_model_from_config, text_model_from_config
 
     config = part_config(family, configs_json, part)
     with quiet_diffusers():
-        with init_empty_weights():
+        with empty_weights():
             if part == "unet":
                 module = diffusers_model_from_config("UNet2DConditionModel", config)
             elif part == "vae":

@@ -182,9 +182,9 @@ def _shipped_configs(family: str, details: dict) -> dict:
 
 def _materialize(build: Callable[[], Any], convert_state: Callable[[Any], dict], part: str, where: str) -> Any:
     """Build a module on the meta device, then assign it the converted tensors (no second copy)."""
-    from accelerate import init_empty_weights
+    from lorasmith.models.empty import empty_weights
 
-    with init_empty_weights():
+    with empty_weights():
         model = build()
     expected = model.state_dict()
     try:

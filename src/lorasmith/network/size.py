@@ -36,13 +36,12 @@ def _config(family: str, name: str) -> dict:
 
 def meta_components(family_name: str, configs: dict | None = None) -> tuple[Any, list]:
     """(unet, text_encoders) on the meta device: from `configs` (part -> config) or the family's real ones."""
-    from accelerate import init_empty_weights
-
+    from lorasmith.models.empty import empty_weights
     from lorasmith.models.load import diffusers_model_from_config, text_model_from_config
 
     parts = ["text_encoder", "text_encoder_2"][: 2 if family_name == "sdxl" else 1]
     configs = configs or {part: _config(family_name, part) for part in ("unet", *parts)}
-    with init_empty_weights():
+    with empty_weights():
         unet = diffusers_model_from_config("UNet2DConditionModel", configs["unet"])
         encoders = [text_model_from_config(configs[part], index) for index, part in enumerate(parts)]
     return unet, encoders

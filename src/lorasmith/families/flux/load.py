@@ -279,11 +279,11 @@ def _diffusers_model(class_name: str, config: dict) -> Any:
 
 def _assign(build: Callable[[], Any], state: Callable[[], dict], what: str, part: _Part) -> Any:
     """Build on the meta device, then assign the tensors (no random initialisation, no second copy)."""
-    from accelerate import init_empty_weights
+    from lorasmith.models.empty import empty_weights
 
     hint = f"set {part.key} = {_FILES.get(part.key, 'a complete Flux.1 checkpoint')}"
     try:
-        with init_empty_weights():
+        with empty_weights():
             model = build()
         expected = model.state_dict()
         tensors = state()

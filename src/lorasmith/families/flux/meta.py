@@ -24,14 +24,14 @@ def t5_config(config: dict):
 
 def meta_flux_base(configs: dict | None = None, variant: str = "dev", t5: bool = True) -> BaseModel:
     """A BaseModel whose transformer, CLIP-L and (with `t5`) T5-XXL live on the meta device; no VAE."""
-    from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
     from transformers import T5EncoderModel
 
+    from lorasmith.models.empty import empty_weights
     from lorasmith.models.families import FLUX
     from lorasmith.models.load import text_model_from_config
 
-    with init_empty_weights():
+    with empty_weights():
         transformer = FluxTransformer2DModel.from_config(flux_part_config("transformer", configs, variant))
         encoders = [text_model_from_config(flux_part_config("text_encoder", configs), 0)]
         if t5:

@@ -161,11 +161,10 @@ def _weight_files(folder: Path, part: str) -> list[str]:
 
 def meta_modules(family: Family, configs: dict) -> tuple[Any, list]:
     """The UNet and text encoders of `configs`, built on the meta device (no memory, no init)."""
-    from accelerate import init_empty_weights
-
+    from lorasmith.models.empty import empty_weights
     from lorasmith.models.load import diffusers_model_from_config, text_model_from_config
 
-    with init_empty_weights():
+    with empty_weights():
         unet = diffusers_model_from_config("UNet2DConditionModel", configs["unet"])
         encoders = [text_model_from_config(configs[part], index)
                     for index, part in enumerate(_parts(family)[2:])]
