@@ -37,6 +37,12 @@ class AppliedLoras:
                 weight.copy_(original)
         self.originals.clear()
 
+    def __enter__(self) -> "AppliedLoras":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
 
 def lora_delta(lora: LoraModuleTensors, shape: tuple[int, ...]) -> Any:
     """(alpha / rank) * up @ down in float32, shaped like a weight of `shape`."""

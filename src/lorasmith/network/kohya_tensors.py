@@ -81,3 +81,41 @@ def check_plain_module(name: str, found: dict[str, Any]) -> None:
     if down.shape[0] != up.shape[1]:
         raise ModelError(f"'{name}' has lora_down rank {down.shape[0]} but lora_up rank {up.shape[1]}; "
                          "the file is damaged, save or download it again")
+
+
+def lora_state_dict(modules: list, dtype: Any = None) -> dict[str, Any]:
+    """The tensors sd-scripts saves for LoRA modules (each with `key`, `down`, `up`, `alpha`): lora_down /
+    lora_up weights and a 0-d alpha each, in `dtype` (fp16 by default)."""
+    import torch
+
+    dtype = dtype or torch.float16
+    tensors = {}
+    for m in modules:
+        tensors[f"{m.key}.{DOWN}"] = m.down.detach().to(dtype=dtype, copy=True).contiguous()
+        tensors[f"{m.key}.{UP}"] = m.up.detach().to(dtype=dtype, copy=True).contiguous()
+        tensors[f"{m.key}.{ALPHA}"] = torch.tensor(m.alpha, dtype=dtype)
+    return tensors
+
+
+def apply_max_norm(modules: list, max_norm: float) -> tuple[int, float, float]:
+    """scale_weight_norms (sd-scripts' max-norm regularisation): scale each module's down and up alike so that
+    the norm of the weight change it makes, (alpha / rank) up @ down, stays at most `max_norm`.
+
+    Returns (modules scaled, mean norm, largest norm) after scaling, for the progress line.
+    """
+    import torch
+
+    scaled, norms = 0, []
+    with torch.no_grad():
+        for module in modules:
+            up, down = module.up.flatten(1).float(), module.down.flatten(1).float()
+            # |up @ down|_F^2 = sum((up^T up) * (down down^T)): rank x rank products, no full delta
+            squared = ((up.T @ up) * (down @ down.T)).sum().clamp(min=0)
+            norm = float(squared.sqrt()) * module.alpha / module.down.shape[0]
+            if norm > max_norm:
+                root = (max_norm / norm) ** 0.5
+                module.down.mul_(root)
+                module.up.mul_(root)
+                scaled, norm = scaled + 1, max_norm
+            norms.append(norm)
+    return scaled, sum(norms) / max(len(norms), 1), max(norms, default=0.0)

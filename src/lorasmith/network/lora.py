@@ -18,7 +18,7 @@ from typing import Any
 from lorasmith.errors import ConfigError, ModelError
 from lorasmith.models.base import BaseModel
 from lorasmith.network.kohya_keys import UNET, component_module, component_names
-from lorasmith.network.kohya_tensors import group_lora_tensors
+from lorasmith.network.kohya_tensors import apply_max_norm, group_lora_tensors, lora_state_dict
 from lorasmith.network.targets import Target, lora_targets
 
 ADAPTER = "lorasmith"
@@ -153,27 +153,8 @@ class LoraNetwork:
                 if lr * self.blocks.lr_weight(index)]
 
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
-        """scale_weight_norms (sd-scripts' max-norm regularisation): scale each module's down and up
-        alike so that the norm of the weight change it makes stays at most `max_norm`.
-
-        Returns (modules scaled, mean norm, largest norm) after scaling, for the progress line.
-        """
-        import torch
-
-        scaled, norms = 0, []
-        with torch.no_grad():
-            for module in self.modules:
-                up, down = module.up.flatten(1).float(), module.down.flatten(1).float()
-                # |up @ down|_F^2 = sum((up^T up) * (down down^T)): rank x rank products, no full delta
-                squared = ((up.T @ up) * (down @ down.T)).sum().clamp(min=0)
-                norm = float(squared.sqrt()) * module.alpha / module.down.shape[0]
-                if norm > max_norm:
-                    root = (max_norm / norm) ** 0.5
-                    module.down.mul_(root)
-                    module.up.mul_(root)
-                    scaled, norm = scaled + 1, max_norm
-                norms.append(norm)
-        return scaled, sum(norms) / len(norms), max(norms)
+        """scale_weight_norms: see network.kohya_tensors.apply_max_norm."""
+        return apply_max_norm(self.modules, max_norm)
 
     def set_scale(self, multiplier: float) -> None:
         """Scale every LoRA's contribution (1 = as trained, 0 = the base model's output)."""
@@ -183,15 +164,7 @@ class LoraNetwork:
 
     def kohya_state_dict(self, dtype: Any = None) -> dict[str, Any]:
         """The tensors sd-scripts would save: lora_down/lora_up weights and a 0-d alpha each."""
-        import torch
-
-        dtype = dtype or torch.float16
-        tensors = {}
-        for m in self.modules:
-            tensors[f"{m.key}.lora_down.weight"] = m.down.detach().to(dtype=dtype, copy=True).contiguous()
-            tensors[f"{m.key}.lora_up.weight"] = m.up.detach().to(dtype=dtype, copy=True).contiguous()
-            tensors[f"{m.key}.alpha"] = torch.tensor(m.alpha, dtype=dtype)
-        return tensors
+        return lora_state_dict(self.modules, dtype)
 
     def load_kohya_state_dict(self, tensors: dict[str, Any]) -> None:
         """Load a kohya LoRA's weights and alphas into this network (exact inverse of kohya_state_dict)."""

@@ -98,7 +98,11 @@ def estimate_lora_bytes(family_name: str, rank: int, conv_rank: int = 0, train_u
         raise ConfigError(f"network_dim must be at least 1 and conv_dim 0 or more, got {rank} and {conv_rank}")
     configs_json = json.dumps(configs, sort_keys=True) if configs else None
     targets = family_targets(family_name, conv_rank > 0, train_unet, train_text_encoder, configs_json)
-    shapes = lora_tensor_shapes(targets, rank, conv_rank)
+    return file_bytes(lora_tensor_shapes(targets, rank, conv_rank), save_precision)
+
+
+def file_bytes(shapes: dict[str, tuple[int, ...]], save_precision: str) -> int:
+    """The size of a LoRA file holding tensors of `shapes`: length, header (metadata estimated), data."""
     elements = 0
     for shape in shapes.values():
         count = 1

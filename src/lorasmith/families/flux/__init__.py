@@ -134,10 +134,8 @@ def metadata(config: Any, base_info: dict) -> dict[str, str | None]:
 
 def apply_loras(base: BaseModel, loras: list) -> Any:
     from lorasmith.families.flux.merge import merge_flux_loras
-    from lorasmith.network.files import load_lora_file
 
-    return merge_flux_loras(base, [(source if isinstance(source, dict) else load_lora_file(source)[0], weight)
-                                   for source, weight in loras])
+    return merge_flux_loras(base, loras)
 
 
 def lora_file_bytes(family_name: str, config: Any, configs: dict | None) -> int:

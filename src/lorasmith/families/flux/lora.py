@@ -22,7 +22,7 @@ from lorasmith.errors import ConfigError, ModelError
 from lorasmith.families.flux.lora_targets import FluxArgs, FluxTarget, flux_targets
 from lorasmith.models.base import BaseModel
 from lorasmith.network.kohya_keys import UNET, component_module
-from lorasmith.network.kohya_tensors import group_lora_tensors
+from lorasmith.network.kohya_tensors import apply_max_norm, group_lora_tensors, lora_state_dict
 
 CHILD = "lorasmith_flux_lora"  # the attribute a module takes on the first layer it covers
 
@@ -146,23 +146,8 @@ class FluxLoraNetwork:
         return groups
 
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
-        """scale_weight_norms: scale each module's down and up alike so that the norm of its whole (fused)
-        weight change stays at most `max_norm`, as sd-scripts does. Returns (scaled, mean norm, largest)."""
-        import torch
-
-        scaled, norms = 0, []
-        with torch.no_grad():
-            for module in self.modules:
-                up, down = module.up.float(), module.down.float()
-                # |up @ down|_F^2 = sum((up^T up) * (down down^T)): rank x rank products, no full delta
-                norm = float(((up.T @ up) * (down @ down.T)).sum().clamp(min=0).sqrt()) * module.scale
-                if norm > max_norm:
-                    root = (max_norm / norm) ** 0.5
-                    module.down.mul_(root)
-                    module.up.mul_(root)
-                    scaled, norm = scaled + 1, max_norm
-                norms.append(norm)
-        return scaled, sum(norms) / max(len(norms), 1), max(norms, default=0.0)
+        """scale_weight_norms on each module's whole (fused) weight change, as sd-scripts does."""
+        return apply_max_norm(self.modules, max_norm)
 
     def set_scale(self, multiplier: float) -> None:
         """Scale every LoRA's contribution (1 = as trained, 0 = the base model's output)."""
@@ -172,15 +157,7 @@ class FluxLoraNetwork:
 
     def kohya_state_dict(self, dtype: Any = None) -> dict[str, Any]:
         """The tensors sd-scripts' networks.lora_flux saves: lora_down/lora_up weights and a 0-d alpha each."""
-        import torch
-
-        dtype = dtype or torch.float16
-        tensors = {}
-        for m in self.modules:
-            tensors[f"{m.key}.lora_down.weight"] = m.down.detach().to(dtype=dtype, copy=True).contiguous()
-            tensors[f"{m.key}.lora_up.weight"] = m.up.detach().to(dtype=dtype, copy=True).contiguous()
-            tensors[f"{m.key}.alpha"] = torch.tensor(m.alpha, dtype=dtype)
-        return tensors
+        return lora_state_dict(self.modules, dtype)
 
     def load_kohya_state_dict(self, tensors: dict[str, Any]) -> None:
         """Load a networks.lora_flux file's weights and alphas (the exact inverse of kohya_state_dict)."""

@@ -50,18 +50,10 @@ def flux_lora_file_bytes(config: Any, configs: dict | None = None) -> int:
     """The file size of the LoRA `config` trains on Flux.1: the network built over the real (or the
     checkpoint's own) architecture on the meta device, its tensors counted, the header sized."""
     from lorasmith.families.flux.lora import FluxLoraSpec
-    from lorasmith.network.size import _DTYPE_BYTES, METADATA_BYTES_ESTIMATE, tensor_index_bytes
+    from lorasmith.network.size import file_bytes
 
     spec = FluxLoraSpec.from_config(config)
-    shapes = _tensor_shapes(spec, _configs_key(configs))
-    elements = 0
-    for shape in shapes.values():
-        count = 1
-        for dim in shape:
-            count *= dim
-        elements += count
-    size = _DTYPE_BYTES[config.save_precision]
-    return 8 + tensor_index_bytes(shapes, config.save_precision) + METADATA_BYTES_ESTIMATE + elements * size
+    return file_bytes(_tensor_shapes(spec, _configs_key(configs)), config.save_precision)
 
 
 def _configs_key(configs: dict | None) -> str | None:

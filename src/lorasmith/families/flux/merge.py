@@ -10,37 +10,14 @@ the weight's dtype; only touched weights are copied, so `restore()` puts back th
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from lorasmith.errors import ModelError
 from lorasmith.families.flux.lora_targets import FluxTarget, flux_targets
 from lorasmith.models.base import BaseModel
+from lorasmith.network.apply import AppliedLoras
 from lorasmith.network.kohya_keys import component_module
 from lorasmith.network.kohya_tensors import LoraModuleTensors, group_lora_tensors
-
-
-@dataclass
-class AppliedFluxLoras:
-    """Flux LoRAs merged into a base; `restore()` (or leaving the `with` block) gives the weights back."""
-
-    base: BaseModel
-    originals: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # 'component:path' -> (weight, copy)
-    modules_touched: int = 0
-
-    def restore(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            for weight, original in self.originals.values():
-                weight.copy_(original)
-        self.originals.clear()
-
-    def __enter__(self) -> "AppliedFluxLoras":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
 
 
 def flux_lora_deltas(tensors: dict[str, Any]) -> dict[str, LoraModuleTensors]:
@@ -54,7 +31,7 @@ def flux_key_table(base: BaseModel) -> dict[str, FluxTarget]:
 
 
 def merge_flux_loras(base: BaseModel,
-                     loras: list[tuple[str | os.PathLike | dict[str, Any], float]]) -> AppliedFluxLoras:
+                     loras: list[tuple[str | os.PathLike | dict[str, Any], float]]) -> AppliedLoras:
     """Merge each (file or kohya tensors, weight) into `base`'s weights, in order; checks all before any change."""
     import torch
 
@@ -63,7 +40,7 @@ def merge_flux_loras(base: BaseModel,
     for modules in grouped:
         for name, lora in modules.items():
             _check_fits(base, table, name, lora)
-    applied = AppliedFluxLoras(base)
+    applied = AppliedLoras(base)
     with torch.no_grad():
         for modules, (_, weight) in zip(grouped, loras):
             for name, lora in modules.items():
