@@ -132,12 +132,12 @@ def detect_diffusers_folder(path: Path) -> tuple[str, dict]:
             f"{path} is a folder but not a diffusers model (no model_index.json or unet/config.json); "
             "give a .safetensors file or a diffusers model folder"
         )
-    configs = {part: _read_json(path / part / "config.json") for part in DIFFUSERS_PARTS}
+    configs = {part: read_config_json(path / part / "config.json") for part in DIFFUSERS_PARTS}
     configs = {part: config for part, config in configs.items() if config is not None}
     for part in ("unet", "vae", "text_encoder"):
         if part not in configs:
             raise ModelError(f"{path} has no {part}/config.json; give a complete diffusers model folder")
-    scheduler = _read_json(path / "scheduler" / "scheduler_config.json") or {}
+    scheduler = read_config_json(path / "scheduler" / "scheduler_config.json") or {}
     unet = configs["unet"]
     if "text_encoder_2" in configs or unet.get("addition_embed_type") == "text_time":
         family = "sdxl"
@@ -149,7 +149,8 @@ def detect_diffusers_folder(path: Path) -> tuple[str, dict]:
     return family, {"layout": "diffusers", "v_prediction": v_prediction, "configs": configs}
 
 
-def _read_json(path: Path) -> dict | None:
+def read_config_json(path: Path) -> dict | None:
+    """A folder's JSON config, None when absent; a damaged one is a ModelError saying what to do."""
     if not path.is_file():
         return None
     try:

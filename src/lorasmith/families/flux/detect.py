@@ -11,13 +11,13 @@ No torch here: `lorasmith doctor` and the planner read headers only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorasmith.errors import ModelError
 from lorasmith.families.flux.keys import GUIDANCE_KEY, transformer_prefix
+from lorasmith.models.detect import read_config_json
 
 # part -> marker tensors (any one), found under any prefix; the prefix is what comes before the marker
 PART_MARKERS = {
@@ -238,23 +238,14 @@ def flux_folder(path: str | Path) -> dict | None:
     """Details of a diffusers Flux folder (model_index.json naming a Flux pipeline, or a transformer/ of
     FluxTransformer2DModel), or None when the folder is something else."""
     path = Path(path)
-    index = _read_json(path / "model_index.json") or {}
-    transformer = _read_json(path / "transformer" / "config.json")
+    index = read_config_json(path / "model_index.json") or {}
+    transformer = read_config_json(path / "transformer" / "config.json")
     if transformer is not None:
         if transformer.get("_class_name") != "FluxTransformer2DModel":
             return None
     elif not str(index.get("_class_name", "")).startswith("Flux"):
         return None
     configs = {part: config for part in ("transformer", "vae", "text_encoder", "text_encoder_2")
-               if (config := _read_json(path / part / "config.json")) is not None}
+               if (config := read_config_json(path / part / "config.json")) is not None}
     guidance = (transformer or {}).get("guidance_embeds", True)
     return {"layout": "diffusers", "flux_variant": "dev" if guidance else "schnell", "configs": configs}
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"cannot read {path} ({error}); repair or download the model again") from None
