@@ -4,8 +4,11 @@
     python bench/vram_plan.py --lines    # and each estimate's full breakdown
 
 No weights are needed: every model is built on the meta device from the configs lorasmith ships.
-"seconds" is the estimate's first run in this process (the libraries already imported: the first
-row pays nothing for that; the import time is printed apart) and then a repeat, from the cache;
+"seconds" is the estimate's first run, nothing measured before (the libraries already imported: the
+first row pays nothing for that; the import time is printed apart; measurements shared with an earlier
+row, as Flux's cut models are, are not measured twice); "cached" a repeat in this process; "disk" the
+same estimate in a new process (in-memory caches emptied), read back from the disk cache
+(memory/disk_cache.py; a temporary folder here, ~/.cache/lorasmith for a user);
 "method" says how the step was found: measured (the whole step on meta) or fitted (Flux: the step of
 the model cut to one and two blocks, extended to its depth; fp8 and block swap reuse it).
 
@@ -69,25 +72,38 @@ def main(show_lines: bool) -> None:
     import transformers  # noqa: F401
 
     from lorasmith.memory import estimate_training_memory
+    from lorasmith.memory.measure import forget_in_memory
 
     print(f"libraries imported in {time.perf_counter() - started:.1f} s")
     header = (f"{'configuration':<52} {'peak GiB':>8} {'total GiB':>9}  {'peak while':<16} "
-              f"{'8':>3} {'12':>3} {'16':>3} {'24':>3}  {'seconds':>7} {'cached':>7}  method")
+              f"{'8':>3} {'12':>3} {'16':>3} {'24':>3}  {'seconds':>7} {'cached':>7} {'disk':>7}  method")
     print(header)
     print("-" * len(header))
-    for label, family, config in rows():
+    table = rows()
+    firsts = []
+    for label, family, config in table:
         estimate = estimate_training_memory(config, family)
         repeat = estimate_training_memory(config, family)
+        firsts.append((estimate, repeat))
+    forget_in_memory()  # a new process: every row again, from the disk
+    for (label, family, config), (estimate, repeat) in zip(table, firsts):
+        disk = estimate_training_memory(config, family)
+        assert disk.parts == estimate.parts, f"{label}: the disk gave another estimate"
         fits = " ".join(f"{'yes' if estimate.fits(size) else 'no':>3}" for size in (8, 12, 16, 24))
         phase = {"a training step": "training step", "caching text-encoder outputs": "caching text"}.get(
             estimate.phase, estimate.phase)
         print(f"{label:<52} {estimate.peak / 2**30:>8.2f} {estimate.total / 2**30:>9.2f}  {phase:<16} {fits}  "
-              f"{estimate.seconds:>7.2f} {repeat.seconds:>7.3f}  {estimate.method.split(' ')[0]}")
+              f"{estimate.seconds:>7.2f} {repeat.seconds:>7.3f} {disk.seconds:>7.3f}  {estimate.method.split(' ')[0]}")
         if show_lines:
             print("\n".join(estimate.lines()), end="\n\n")
 
 
 if __name__ == "__main__":
+    import os
+    import tempfile
+
+    # cold figures: a cache folder of this run's (set LORASMITH_CACHE_DIR to time a warm one)
+    os.environ.setdefault("LORASMITH_CACHE_DIR", tempfile.mkdtemp(prefix="vram-plan-"))
     main("--lines" in sys.argv[1:])
     if "--check" in sys.argv[1:]:
         check_flux_fit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 # Tests never reach a model hub; keep libraries from trying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The planner's measurements go to a folder of this run's, never the user's ~/.cache (subprocesses inherit it).
+os.environ.setdefault("LORASMITH_CACHE_DIR", tempfile.mkdtemp(prefix="lorasmith-test-cache-"))
 
 
 def write_image(path: Path, size=(64, 64), seed: int = 0) -> Path:

@@ -132,6 +132,7 @@ def plan_text(values: Sequence) -> str:
 
 def memory_text(values: Sequence) -> str:
     """The live GPU memory estimate (the VRAM planner: the architecture on meta, no weights), or why not."""
+    from lorasmith.memory.disk_cache import measurements_dir
     from lorasmith.memory.estimate import GIB
 
     _libraries_imported()
@@ -141,9 +142,10 @@ def memory_text(values: Sequence) -> str:
         return error_line(error)
     fits = [size for size in (8, 12, 16, 24) if estimate.fits(size)]
     card = f"fits {fits[0]} GB and more" if fits else "needs more than 24 GB"
+    kept = ", kept on disk for the next time" if measurements_dir() else ""
     return (f"**GPU memory: about {estimate.total / GIB:.1f} GB ({card})**\n\n"
             + text_block(estimate.lines() + estimate.fit_lines()
-                         + [f"(estimated in {estimate.seconds:.1f} s; `lorasmith plan --vram N` lists changes)"]))
+                         + [f"(estimated in {estimate.seconds:.1f} s{kept}; `lorasmith plan --vram N` lists changes)"]))
 
 
 def remember_form(values: Sequence) -> dict:

@@ -77,14 +77,21 @@ def tracked_step(base, network, config, bucket: tuple[int, int], run=None) -> St
     `run`: how LiveBytes runs each operator (a MetaOpCache for meta models)."""
     from lorasmith.families import family_behaviour
 
-    started = time.perf_counter()
     text = text_mode(config, family_behaviour(base.family).network_spec(config).train_text_encoder)
-    params = list(network.trainable_parameters())
+    return measured_step(list(network.trainable_parameters()), config, text,
+                         lambda: _forward(base, config, bucket, text), run)
+
+
+def measured_step(params: list, config, text: str, forward, run=None) -> StepMeasure:
+    """`forward()` (made-up inputs to the loss) and the backward of its loss, measured, for any family.
+
+    `params`: the network's trainable parameters, whose gradients the step makes."""
+    started = time.perf_counter()
     with LiveBytes(run=run) as live, CudaRules(autocast_dtype(config.mixed_precision)) as rules:
         if config.gradient_accumulation_steps > 1:  # the last batch's gradients are alive through this one
             for param in params:
                 param.grad = torch.zeros_like(param)
-        loss = _forward(base, config, bucket, text)
+        loss = forward()
         rules.end_forward()
         _backward(loss)
     grads = sum(p.numel() * p.element_size() for p in params)

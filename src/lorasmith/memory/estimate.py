@@ -202,8 +202,8 @@ def _measure(config: TrainConfig, family: str, configs_json: str | None, base_dt
     from lorasmith.memory import measure
     from lorasmith.memory.optimizer import state_bytes, step_scratch_bytes
 
-    base = measure.weights(family, configs_json, base_dtype)
     step = measure.step(family, configs_json, base_dtype, bucket, key)
+    base = measure.weights(family, configs_json, base_dtype)  # after the step: it counts the base the step built
     # the VAE encodes each batch (latents not cached) or, before training, vae_batch_size images at a time
     encoding = measure.encode(family, configs_json, base_dtype, bucket,
                               config.vae_batch_size if config.cache_latents else config.train_batch_size)

@@ -20,8 +20,9 @@ from functools import lru_cache
 
 import torch
 
-from lorasmith.memory.activations import StepMeasure, _backward, autocast_dtype, text_mode
+from lorasmith.memory.activations import StepMeasure, autocast_dtype, measured_step, text_mode
 from lorasmith.memory.autocast import CudaRules
+from lorasmith.memory.disk_cache import on_disk
 from lorasmith.memory.meta_ops import MetaOpCache
 from lorasmith.memory.tracking import LiveBytes
 from lorasmith.memory.weights import DTYPES, PartBytes, module_bytes
@@ -78,6 +79,7 @@ def _dtype(config) -> torch.dtype:
 
 
 @lru_cache(maxsize=8)
+@on_disk
 def flux_weights(configs_json: str | None, dtype_name: str, fp8_unet: bool, fp8_text: bool,
                  network_key: tuple) -> FluxWeights:
     """The real architecture's bytes, as stored on the GPU, and its LoRA's shapes."""
@@ -117,6 +119,7 @@ def flux_weights(configs_json: str | None, dtype_name: str, fp8_unet: bool, fp8_
 
 
 @lru_cache(maxsize=64)
+@on_disk
 def measured_point(configs_json: str | None, bucket: tuple[int, int], key: tuple, depth: tuple[int, int, int]) -> int:
     """The step's peak bytes (beyond weights and LoRA) of the model cut to `depth` (double, single, T5 layers)."""
     return tracked_flux_step(cut_base(configs_json, depth), as_config(key), bucket).peak
@@ -168,10 +171,8 @@ def tracked_flux_step(base, config, bucket: tuple[int, int], run=_META_OPS) -> S
     batch, (width, height) = config.train_batch_size, bucket
     length = t5_length(base, config.t5xxl_max_token_length)
     recipe = family.training_recipe(config)
-    with LiveBytes(run=run if on_meta else None) as live, CudaRules(autocast_dtype(config.mixed_precision)) as rules:
-        if config.gradient_accumulation_steps > 1:
-            for param in params:
-                param.grad = torch.zeros_like(param)
+
+    def forward() -> torch.Tensor:
         latents = torch.randn(batch, base.family.latent_channels, height // 8, width // 8, device=device, dtype=dtype)
         if text == "cached":
             t5_width = base.unet.config.joint_attention_dim
@@ -184,15 +185,10 @@ def tracked_flux_step(base, config, bucket: tuple[int, int], run=_META_OPS) -> S
                                 torch.ones(batch, length, dtype=torch.long, device=device))
             with torch.set_grad_enabled(text == "trained"):
                 states = encode_flux_tokens(base, tokens, config.apply_t5_attn_mask)
-        loss = family.training_loss(base, latents, states, _Batch(torch.ones(batch, device=device)),
+        return family.training_loss(base, latents, states, _Batch(torch.ones(batch, device=device)),
                                     torch.Generator().manual_seed(0), recipe)
-        rules.end_forward()
-        _backward(loss)
-    grads = sum(p.numel() * p.element_size() for p in params)
-    for param in params:
-        param.grad = None
-    return StepMeasure(peak=live.peak, gradient_bytes=grads, trainable_shapes=tuple(tuple(p.shape) for p in params),
-                       lora_bytes=sum(p.numel() * p.element_size() for p in params), text=text, seconds=0.0)
+
+    return measured_step(params, config, text, forward, run if on_meta else None)
 
 
 @dataclass
@@ -235,6 +231,7 @@ def as_config(key: tuple):
 
 
 @lru_cache(maxsize=8)
+@on_disk
 def text_caching_bytes(configs_json: str | None, key: tuple, captions: int = 16) -> int:
     """CLIP-L and T5 encoding `captions` captions without gradients (Trainer._cache_text_outputs' chunk)."""
     from lorasmith.families.flux.text import FluxTokens, encode_flux_tokens, t5_length

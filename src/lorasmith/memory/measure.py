@@ -1,8 +1,9 @@
 """The planner's measurements on meta models, each cached by the settings that change it.
 
 Measuring a step takes seconds (SDXL's forward, recomputation and backward are some 60,000 operator
-calls), so each result is kept: a GUI that changes the learning rate, the optimizer or the epochs
-asks again at no cost, and changing the batch or resolution measures again.
+calls), so each result is kept, in this process and on disk (`disk_cache.py`): a GUI that changes the
+learning rate, the optimizer or the epochs asks again at no cost, a new process asking what an earlier
+one measured reads it back, and changing the batch or resolution measures again.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import threading
 from functools import lru_cache
 
 from lorasmith.memory.activations import EncodeMeasure, StepMeasure, inject_network, tracked_encode, tracked_step
+from lorasmith.memory.disk_cache import forget, on_disk
 from lorasmith.memory.meta_ops import MetaOpCache
-from lorasmith.memory.weights import PartBytes, base_part_bytes, meta_base, meta_module
+from lorasmith.memory.weights import PartBytes, meta_base, meta_module, module_bytes, text_parts
 
 # Operators' outputs by signature: they hold for any model and setting, so one cache serves all.
 _META_OPS = MetaOpCache()
@@ -25,12 +27,29 @@ MODEL_FIELDS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha", "netwo
                 "gradient_checkpointing", "sdpa", "zero_terminal_snr")
 
 
+# The UNet's and text encoders' bytes of each meta base `_prepared` built, counted before its network went in:
+# `weights` reads them rather than building SDXL on meta a second time (over a second).
+_COUNTED: dict[tuple, tuple[PartBytes, ...]] = {}
+
+
 @lru_cache(maxsize=16)
+@on_disk
 def weights(family: str, configs_json: str | None, base_dtype: str) -> tuple[PartBytes, ...]:
-    return base_part_bytes(family, configs_json, base_dtype)
+    """UNet, text encoder(s) and VAE, in that order, as the GPU holds them in `base_dtype`."""
+    counted = _COUNTED.get((family, configs_json, base_dtype))
+    if counted is None:
+        counted = _part_bytes(meta_base(family, configs_json, base_dtype, with_vae=False))
+    vae = meta_module(family, configs_json, "vae", base_dtype)
+    return (*counted, module_bytes("vae", vae))
+
+
+def _part_bytes(base) -> tuple[PartBytes, ...]:
+    encoders = zip(text_parts(base.family.name), base.text_encoders)
+    return (module_bytes("unet", base.unet), *(module_bytes(part, encoder) for part, encoder in encoders))
 
 
 @lru_cache(maxsize=64)
+@on_disk
 def step(family: str, configs_json: str | None, base_dtype: str, bucket: tuple[int, int],
          key: tuple) -> StepMeasure:
     """A training step of the config `key` stands for (see estimate.STEP_FIELDS) at `bucket`."""
@@ -52,10 +71,12 @@ def _prepared(family: str, configs_json: str | None, base_dtype: str, model_key:
 
     config = config_from_key(model_key)
     base = meta_base(family, configs_json, base_dtype, with_vae=False)
+    _COUNTED[(family, configs_json, base_dtype)] = _part_bytes(base)
     return base, inject_network(base, config), base.v_prediction
 
 
 @lru_cache(maxsize=64)
+@on_disk
 def encode(family: str, configs_json: str | None, vae_dtype: str, bucket: tuple[int, int],
            batch: int) -> EncodeMeasure:
     """The VAE's encoding of `batch` images at `bucket`."""
@@ -66,6 +87,7 @@ def encode(family: str, configs_json: str | None, vae_dtype: str, bucket: tuple[
 
 
 @lru_cache(maxsize=16)
+@on_disk
 def fp8_part(family: str, configs_json: str | None, base_dtype: str, part: str) -> tuple[PartBytes, int]:
     """A part's bytes with its layers stored in fp8, and one layer's upcast copy (see weights.fp8_part_bytes)."""
     from lorasmith.memory.weights import fp8_part_bytes
@@ -74,6 +96,7 @@ def fp8_part(family: str, configs_json: str | None, base_dtype: str, part: str) 
 
 
 @lru_cache(maxsize=64)
+@on_disk
 def encode_flux(configs_json: str | None, dtype: str, bucket: tuple[int, int], batch: int) -> EncodeMeasure:
     """Flux's AE encoding `batch` images at `bucket`."""
     import json
@@ -93,9 +116,16 @@ def encode_flux(configs_json: str | None, dtype: str, bucket: tuple[int, int], b
 
 
 def clear() -> None:
-    """Forget every measurement (tests that time a measurement from scratch)."""
+    """Forget every measurement, in this process and on disk (tests that time a measurement from scratch)."""
+    forget()
+    forget_in_memory()
+
+
+def forget_in_memory() -> None:
+    """Forget what this process measured, as a new process would start (the disk's measurements stay)."""
     from lorasmith.memory import flux
 
+    _COUNTED.clear()
     for cached in (weights, step, encode, _prepared, encode_flux, fp8_part, flux.flux_weights, flux.measured_point,
                    flux.text_caching_bytes):
         cached.cache_clear()
