@@ -39,3 +39,22 @@ def test_gui_serves_the_page_on_localhost(tmp_path):
 def test_username_without_password_is_refused(capsys):
     assert main(["gui", "--username", "me"]) == 2
     assert capsys.readouterr().err.strip() == "error: give both --username and --password, or neither"
+
+
+def test_the_models_libraries_are_resolved_before_the_page_is_served():
+    """Handlers run in threads side by side, and diffusers resolves its names lazily and not thread-safely:
+    a "Load demo" racing the page's first estimate failed with "cannot import name 'AutoencoderKL'"."""
+    script = (
+        "import diffusers, transformers\n"
+        "from lorasmith.gui.app import build_app, launch\n"
+        "from tests.gui.conftest import _free_port\n"
+        "app = build_app()\n"
+        "names = ('AutoencoderKL', 'UNet2DConditionModel', 'FluxTransformer2DModel')\n"
+        "before = [name in vars(diffusers) for name in names]\n"
+        "launch(app, port=_free_port(), block=False, quiet=True)\n"
+        "print(before, [name in vars(diffusers) for name in names], 'CLIPTextModel' in vars(transformers))\n"
+        "app.close()\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                            env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[False, False, False] [True, True, True] True" in result.stdout.splitlines()

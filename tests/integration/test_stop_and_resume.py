@@ -71,6 +71,8 @@ def test_a_stop_signal_saves_the_lora_and_resume_auto_ends_where_an_uninterrupte
     resume_lines = [line for line in output.splitlines() if line.startswith("to resume: ")]
     assert len(resume_lines) == 1 and resume_lines[0].endswith("--resume auto"), output
 
+    if stop_signal != signal.SIGTERM:  # the resume after a stop is the same whatever the signal: checked once
+        return
     events = []
     resumed = api.train(with_values(config, {"resume": "auto"}), events=events.append)
     assert any(f"continuing from mychar-step{step:08d}-state" in getattr(e, "text", "") for e in events)

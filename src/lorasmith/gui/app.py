@@ -45,6 +45,9 @@ def build_app(runner: TrainingRunner | None = None, browse_root: str | Path | No
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
            inbrowser: bool = False, block: bool = True, quiet: bool = False):
     """Serve `app`; never through a public share link. `block=False` returns at once (tests)."""
+    from lorasmith.gui.training import libraries_imported
+
+    libraries_imported()  # before two handlers can race through diffusers' lazy imports
     return app.launch(server_name=host, server_port=port, share=False, auth=auth, inbrowser=inbrowser,
                       prevent_thread_lock=not block, show_error=False, quiet=quiet, theme=THEME,
                       footer_links=["settings"], mcp_server=False)

@@ -101,9 +101,10 @@ def load_demo(output_dir: str) -> FormAnswer:
 _IMPORTING = threading.Lock()
 
 
-def _libraries_imported() -> None:
-    """diffusers resolves its names lazily and not thread-safely, and two estimates can start side by side
-    (the page's load and a first change): the names the planner uses are resolved once, under a lock."""
+def libraries_imported() -> None:
+    """diffusers resolves its names lazily and not thread-safely, and handlers run side by side (the page's
+    estimate while "Load demo" builds the tiny model): the names lorasmith uses are resolved once, under a
+    lock, before the page is served (gui.app.launch) and again (at no cost) before each estimate."""
     with _IMPORTING:
         import diffusers
         import transformers
@@ -135,7 +136,7 @@ def memory_text(values: Sequence) -> str:
     from lorasmith.memory.disk_cache import measurements_dir
     from lorasmith.memory.estimate import GIB
 
-    _libraries_imported()
+    libraries_imported()
     try:
         estimate = api.memory_estimate(form.values_to_config(values))
     except LorasmithError as error:
