@@ -28,6 +28,9 @@ from pathlib import Path
 # The libraries whose code runs inside a measurement (the step's modules, the LoRA's layers, the kernels).
 MEASURED_WITH = ("torch", "diffusers", "transformers", "peft", "lycoris-lora", "accelerate")
 _FORMAT = 1  # bump when the file layout below changes
+# Files kept at most; past it the oldest half goes (entries of older code are never read again). An SDXL
+# step's file is about 50 KB with its LoRA's shapes, most are under 1 KB.
+MAX_FILES = 2000
 
 
 def measurements_dir() -> Path | None:
@@ -74,6 +77,7 @@ def on_disk(func):
             pass  # not measured yet, or a file from an interrupted write: measure it
         value = func(*args)
         _write(path, json.dumps(encode(value)))
+        _prune(folder)
         return value
 
     return cached
@@ -89,6 +93,20 @@ def _write(path: Path, text: str) -> None:
         os.replace(temporary, path)
     except OSError:
         pass  # a read-only or full disk: the estimate stands, only the next process measures again
+
+
+def _prune(folder: Path) -> None:
+    """Past MAX_FILES files, delete the least recently written, down to half of it."""
+    keep = MAX_FILES
+    try:
+        files = list(folder.glob("*.json"))
+        if len(files) <= keep:
+            return
+        files.sort(key=lambda path: path.stat().st_mtime)
+        for path in files[: len(files) - keep // 2]:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass  # another process pruning at the same time
 
 
 def encode(value):

@@ -97,3 +97,18 @@ def test_an_estimate_in_a_new_process_comes_from_disk(cache_dir, monkeypatch):
     monkeypatch.setattr(measure, "meta_base", measured_again)
     again = estimate_training_memory(config, "sd1", configs=tiny_configs("sd1"))
     assert again.parts == first.parts and again.training == first.training
+
+
+def test_past_its_limit_the_oldest_half_goes(cache_dir, monkeypatch):
+    import os
+
+    calls = []
+    for size in range(5):
+        counting(calls)("sd1", size, ())
+    for age, path in enumerate(sorted(cache_dir.glob("*.json"))):
+        os.utime(path, (1000 + age, 1000 + age))  # written long ago, one after the other
+    kept = max(cache_dir.glob("*.json"), key=lambda path: path.stat().st_mtime)
+    monkeypatch.setattr(disk_cache, "MAX_FILES", 4)
+    counting(calls)("sd1", 99, ())  # the sixth file: past 4, down to 2
+    left = list(cache_dir.glob("*.json"))
+    assert len(left) == 2 and kept in left
