@@ -30,7 +30,7 @@ _MINIMUMS = {
     "prior_loss_weight": (0, True), "multires_noise_iterations": (0, True), "multires_noise_discount": (0, True),
     "min_timestep": (0, True), "scale_weight_norms": (0, True), "ip_noise_gamma": (0, True),
     "huber_scale": (0, False), "sample_every_n_epochs": (0, True),
-    "sample_every_n_steps": (0, True), "vae_batch_size": (1, True),
+    "sample_every_n_steps": (0, True), "vae_batch_size": (1, True), "text_encoder_batch_size": (0, True),
 }
 _OPEN_CHOICES = {"optimizer_type"}  # the list is the GUI's; any name sd-scripts takes is checked by the table
 _FRACTIONS = {"ema_decay": 1.0, "huber_c": 1.0, "network_dropout": 1.0, "caption_dropout_rate": 1.0,

@@ -24,7 +24,7 @@ GUI_ONLY_KEYS = {"epoch", "max_resolution", "LoRA_type", "model_list", "lr_warmu
 # The GUI leaves out a 0, so sd-scripts' default applies (which is ours too).
 ZERO_MEANS_DEFAULT = {"max_grad_norm", "prior_loss_weight", "max_timestep", "multires_noise_discount",
                       "lr_scheduler_num_cycles", "clip_skip", "train_batch_size", "gradient_accumulation_steps",
-                      "lr_scheduler_power", "vae_batch_size"}
+                      "lr_scheduler_power", "vae_batch_size", "text_encoder_batch_size"}
 _TEXT_KEYS = {"reg_data_dir", "logging_dir", "output_dir", "train_data_dir", "pretrained_model_name_or_path",
               "resume", "training_comment", "network_weights", "vae", "sample_prompts"}
 

@@ -137,6 +137,9 @@ def losing_settings(config: TrainConfig, given: frozenset[str] | set[str], famil
         elif getattr(c, key) and c.captions_vary:
             loses(key, "shuffle_caption or caption dropout changes the captions each step; turn those off to "
                        "cache them")
+    if not (c.cache_text_encoder_outputs or c.cache_text_encoder_outputs_to_disk):
+        loses("text_encoder_batch_size", "text-encoder outputs are not cached; set cache_text_encoder_outputs to "
+                                         "encode captions once, that many at a time")
     if c.fp8_base and c.fp8_base_unet:
         loses("fp8_base", "fp8_base_unet keeps the text encoders at the compute precision; only the UNet / Flux "
                           "transformer is in fp8")

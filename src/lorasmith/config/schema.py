@@ -199,6 +199,9 @@ class TrainConfig:
     cache_text_encoder_outputs_to_disk: bool = _field(
         False, "Keep the cached text-encoder outputs in files beside the images, reused by later runs (implies "
         "cache_text_encoder_outputs).", "advanced")
+    text_encoder_batch_size: int = _field(
+        0, "Captions encoded at a time while caching text-encoder outputs; 0 (sd-scripts' default) uses "
+        "train_batch_size. Flux's T5 takes about 0.2 GB a caption at 512 tokens.", "advanced")
     fp8_base: bool = _field(
         False, "Store the frozen base model's weights in float8 (e4m3fn), brought to the compute precision "
         "layer by layer: about half the VRAM of fp16 weights. Needs mixed precision.", "advanced")

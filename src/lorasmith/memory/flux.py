@@ -232,8 +232,8 @@ def as_config(key: tuple):
 
 @lru_cache(maxsize=8)
 @on_disk
-def text_caching_bytes(configs_json: str | None, key: tuple, captions: int = 16) -> int:
-    """CLIP-L and T5 encoding `captions` captions without gradients (Trainer._cache_text_outputs' chunk)."""
+def text_caching_bytes(configs_json: str | None, key: tuple, captions: int) -> int:
+    """CLIP-L and T5 encoding `captions` captions without gradients (text_cache.captions_at_a_time)."""
     from lorasmith.families.flux.text import FluxTokens, encode_flux_tokens, t5_length
 
     config = as_config(key)

@@ -3,7 +3,8 @@
 Flux is trained as sd-scripts trains it on small cards: each encoder works alone before training, so
 memory peaks in one of three phases:
 - caching latents: the AE encoding four images at a time (the rest still on the CPU);
-- caching text-encoder outputs: CLIP-L and T5 encoding 16 captions, then freed;
+- caching text-encoder outputs: CLIP-L and T5 encoding text_encoder_batch_size captions at a time (by
+  default train_batch_size, as sd-scripts), then freed;
 - a training step: the transformer (less its swapped blocks, plus two in flight), the encoders whose
   work is not cached, the LoRA with its gradients and optimizer state, and the step's peak.
 """
@@ -22,8 +23,7 @@ from lorasmith.memory.flux import (
     swapped_blocks,
     text_caching_bytes,
 )
-
-CAPTION_CHUNK = 16  # Trainer._cache_text_outputs encodes 16 captions at a time
+from lorasmith.train.text_cache import captions_at_a_time
 
 
 def estimate_flux_memory(config, configs: dict | None = None, bucket: tuple[int, int] | None = None) -> MemoryEstimate:
@@ -100,10 +100,11 @@ def estimate_flux_memory(config, configs: dict | None = None, bucket: tuple[int,
             [("VAE", w.ae.total, "AE alone on the GPU")],
             MemoryPart("activations", encoding, f"the AE encoding {config.vae_batch_size} image(s) at a time"))))
     if text == "cached":
+        captions = captions_at_a_time(config)
         phases.append(("caching text-encoder outputs", _phase(
             [("text encoders", text_bytes, f"CLIP-L {w.clip.describe()}; T5-XXL {w.t5.describe()}")],
-            MemoryPart("activations", text_caching_bytes(configs_json, key, CAPTION_CHUNK),
-                       f"encoding {CAPTION_CHUNK} captions"))))
+            MemoryPart("activations", text_caching_bytes(configs_json, key, captions),
+                       f"encoding {captions} caption(s) at a time"))))
     label, caching = max(phases, key=lambda p: sum(x.bytes for x in p[1])) if phases else ("caching latents", None)
     notes = ["Flux phases as sd-scripts runs them on small cards: each encoder alone on the GPU while it caches"]
     if offload:

@@ -19,7 +19,11 @@ import torch
 
 SUFFIXES = {"flux": "_flux_te.npz"}
 DEFAULT_SUFFIX = "_te_outputs.npz"
-CHUNK = 16  # captions encoded together
+
+
+def captions_at_a_time(config: Any) -> int:
+    """text_encoder_batch_size, or by default (0) train_batch_size, as sd-scripts encodes them."""
+    return config.text_encoder_batch_size or config.train_batch_size
 
 
 def te_cache_path(image: Path, family_name: str) -> Path:
@@ -88,9 +92,10 @@ def cache_text_outputs(samples: list, rules: Any, encode: Callable[[list[str]], 
             fresh.add(image)
             cache.setdefault(caption, tuple(None if t is None else t.to(device) for t in found))
     missing = sorted({c for c in caption_of.values() if c not in cache})
+    at_a_time = captions_at_a_time(config)
     with torch.no_grad():
-        for start in range(0, len(missing), CHUNK):
-            chunk = missing[start: start + CHUNK]
+        for start in range(0, len(missing), at_a_time):
+            chunk = missing[start: start + at_a_time]
             text = encode(chunk)
             for index, caption in enumerate(chunk):
                 cache[caption] = (text.context[index], None if text.pooled is None else text.pooled[index])

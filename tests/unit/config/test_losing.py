@@ -38,6 +38,7 @@ def lines_for(values: dict, given=None) -> list[str]:
     ({"fp8_base": True, "fp8_base_unet": True}, "fp8_base true has no effect: fp8_base_unet keeps the text encoders"),
     ({"keep_tokens": 1}, "keep_tokens 1 has no effect: only shuffle_caption and caption_tag_dropout_rate"),
     ({"multires_noise_discount": 0.1}, "multires_noise_discount 0.1 has no effect: multires_noise_iterations is 0"),
+    ({"text_encoder_batch_size": 4}, "text_encoder_batch_size 4 has no effect: text-encoder outputs are not cached"),
     ({"conv_alpha": 4}, "conv_alpha 4 has no effect: conv_dim is 0"),
     ({"lr_warmup_steps": 100}, "lr_warmup_steps 100 has no effect: lr_scheduler constant has no warm-up; use "
                                "constant_with_warmup"),

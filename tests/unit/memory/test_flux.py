@@ -107,3 +107,17 @@ def test_flux_text_caching_is_its_own_phase_and_frees_the_encoders():
                                               cache_latents=False), configs)
     assert cached.caching_label == "caching text-encoder outputs"
     assert sum(p.bytes for p in cached.caching) > next(p for p in cached.caching if p.name == "text encoders").bytes
+
+
+def test_flux_text_caching_peak_follows_the_captions_encoded_at_a_time():
+    configs = tiny_flux_configs()
+
+    def caching(**settings):
+        estimate = estimate_flux_memory(flux_config(cache_text_encoder_outputs=True, network_train_unet_only=True,
+                                                    cache_latents=False, **settings), configs)
+        return next(p for p in estimate.caching if p.name == "activations")
+
+    one, eight = caching(train_batch_size=1), caching(train_batch_size=1, text_encoder_batch_size=8)
+    assert "1 caption(s) at a time" in one.detail and "8 caption(s) at a time" in eight.detail
+    assert eight.bytes > 4 * one.bytes
+    assert caching(train_batch_size=8).bytes == eight.bytes  # by default the batch size, as sd-scripts

@@ -183,3 +183,28 @@ def test_the_text_cache_on_disk_is_reused_while_caption_and_encoders_are_unchang
     run()
     assert set(np.load(foreign).files) == {"hidden_state1"}
     assert not list(Path(tmp_path).glob("*.tmp.npz"))
+
+
+def test_captions_are_encoded_text_encoder_batch_size_at_a_time_by_default_the_batch_size(tmp_path):
+    from dataclasses import replace
+
+    from lorasmith.models.text import TextEmbeddings
+    from lorasmith.models.tiny import tiny_base_model
+    from lorasmith.train.batches import CaptionRules
+    from lorasmith.train.text_cache import cache_text_outputs
+
+    base = tiny_base_model("sd1")
+    samples = [SimpleNamespace(item=SimpleNamespace(path=tmp_path / f"{i}.png", caption=f"caption {i}"))
+               for i in range(5)]
+    chunks: list[int] = []
+
+    def encode(chunk):
+        chunks.append(len(chunk))
+        return TextEmbeddings(torch.zeros(len(chunk), 3, 2), None)
+
+    for config, expected in ((TrainConfig(train_batch_size=2), [2, 2, 1]),  # sd-scripts: the batch size
+                             (TrainConfig(train_batch_size=2, text_encoder_batch_size=4), [4, 1])):
+        chunks.clear()
+        cache, _ = cache_text_outputs(samples, CaptionRules.from_config(replace(config)), encode, base, config, "cpu",
+                                      False)
+        assert chunks == expected and len(cache) == 5
