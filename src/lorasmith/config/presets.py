@@ -12,6 +12,8 @@ from lorasmith.errors import ConfigError
 PRESETS = {
     "8gb": "Medium VRAM (~8 GB): batch 1, gradient checkpointing, cached latents, 8-bit AdamW, 512 px",
     "12gb": "High VRAM (12 GB+): batch 4, 768 px, gradient checkpointing",
+    "flux-8gb": "Flux.1-dev, 8 GB: fp8 base and T5, 32 blocks swapped, batch 1, 8-bit AdamW, 1024 px, cached "
+                "latents, text",
     "flux-12gb": "Flux.1-dev, 12 GB: fp8 base, 16 blocks swapped, batch 1, 8-bit AdamW, 1024 px, cached latents, text",
     "flux-16gb": "Flux.1-dev, 16 GB: fp8 base, 8 blocks swapped, batch 1, 8-bit AdamW, 1024 px, cached latents, text",
     "flux-24gb": "Flux.1-dev, 24 GB: fp8 base, batch 2, 1024 px, cached latents and text, sd-scripts' Flux recipe",

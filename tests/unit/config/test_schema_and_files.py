@@ -89,7 +89,7 @@ def test_overrides_parse_flags_values_and_lists():
 
 
 def test_presets_load_and_differ_as_the_tutorial_says():
-    assert {"8gb", "12gb", "flux-12gb", "flux-16gb", "flux-24gb"} == set(PRESETS)
+    assert {"8gb", "12gb", "flux-8gb", "flux-12gb", "flux-16gb", "flux-24gb"} == set(PRESETS)
     medium, high = load_preset("8gb"), load_preset("12gb")
     assert medium.gradient_checkpointing and medium.cache_latents and medium.optimizer_type == "AdamW8bit"
     assert medium.resolution_wh == (512, 512) and medium.train_batch_size <= 2
