@@ -44,6 +44,7 @@ def rows():
          replace(low, resolution="1024,1024", network_train_unet_only=True, cache_text_encoder_outputs=True)),
         ("SDXL 1024 px, 12gb preset", "sdxl", replace(high, resolution="1024,1024")),
         *flux_rows,
+        ("Flux.1-dev 1024 px, flux-8gb preset (fp8, swap 32)", "flux", load_preset("flux-8gb")),
         ("Flux.1-dev 1024 px, flux-24gb preset (fp8, batch 2)", "flux", load_preset("flux-24gb")),
     ]
 
