@@ -71,23 +71,24 @@ def inject_network(base, config) -> Any:
     return network
 
 
-def tracked_step(base, network, config, bucket: tuple[int, int], run=None) -> StepMeasure:
+def tracked_step(base, network, config, bucket: tuple[int, int], run=None, classes=None) -> StepMeasure:
     """One training step of `base` with `network` at `bucket` (width, height), measured.
 
-    `run`: how LiveBytes runs each operator (a MetaOpCache for meta models)."""
+    `run`: how LiveBytes runs each operator (a MetaOpCache for meta models); `classes`: a
+    scaling.SizeClasses to split the live bytes by how they grow."""
     from lorasmith.families import family_behaviour
 
     text = text_mode(config, family_behaviour(base.family).network_spec(config).train_text_encoder)
     return measured_step(list(network.trainable_parameters()), config, text,
-                         lambda: _forward(base, config, bucket, text), run)
+                         lambda: _forward(base, config, bucket, text), run, classes)
 
 
-def measured_step(params: list, config, text: str, forward, run=None) -> StepMeasure:
+def measured_step(params: list, config, text: str, forward, run=None, classes=None) -> StepMeasure:
     """`forward()` (made-up inputs to the loss) and the backward of its loss, measured, for any family.
 
     `params`: the network's trainable parameters, whose gradients the step makes."""
     started = time.perf_counter()
-    with LiveBytes(run=run) as live, CudaRules(autocast_dtype(config.mixed_precision)) as rules:
+    with LiveBytes(run=run, classes=classes) as live, CudaRules(autocast_dtype(config.mixed_precision)) as rules:
         if config.gradient_accumulation_steps > 1:  # the last batch's gradients are alive through this one
             for param in params:
                 param.grad = torch.zeros_like(param)

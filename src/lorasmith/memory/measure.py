@@ -2,18 +2,27 @@
 
 Measuring a step takes seconds (SDXL's forward, recomputation and backward are some 60,000 operator
 calls), so each result is kept, in this process and on disk (`disk_cache.py`): a GUI that changes the
-learning rate, the optimizer or the epochs asks again at no cost, a new process asking what an earlier
-one measured reads it back, and changing the batch or resolution measures again.
+learning rate, the optimizer or the epochs asks again at no cost, and a new process asking what an earlier
+one measured reads it back. An SD step is measured once at prime batch and bucket sides and read off for
+any batch and bucket (`scaling.py`): changing the batch or the resolution measures nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from functools import lru_cache
 
 from lorasmith.memory.activations import EncodeMeasure, StepMeasure, inject_network, tracked_encode, tracked_step
 from lorasmith.memory.disk_cache import forget, on_disk
 from lorasmith.memory.meta_ops import MetaOpCache
+from lorasmith.memory.scaling import (
+    MEASURED_SIDE_PX,
+    SizeClasses,
+    architecture_numbers,
+    scalable,
+    scale_primes,
+)
 from lorasmith.memory.weights import PartBytes, meta_base, meta_module, module_bytes, text_parts
 
 # Operators' outputs by signature: they hold for any model and setting, so one cache serves all.
@@ -56,11 +65,44 @@ def step(family: str, configs_json: str | None, base_dtype: str, bucket: tuple[i
     from lorasmith.memory.estimate import config_from_key
 
     config = config_from_key(key)
+    batch, (width, height) = config.train_batch_size, bucket
+    if scalable(family, bucket, batch):  # read off the one measurement that stands for every batch and bucket
+        any_size = tuple(item for item in key if item[0] != "train_batch_size")
+        scaled = _scaled_step(family, configs_json, base_dtype, any_size)
+        if scaled is not None:
+            measured, profile = scaled
+            return dataclasses.replace(measured, peak=profile.peak_at(batch, height // 8, width // 8))
+    return _measured_step(family, configs_json, base_dtype, bucket, key)
+
+
+def _measured_step(family: str, configs_json: str | None, base_dtype: str, bucket: tuple[int, int], key: tuple,
+                   classes: SizeClasses | None = None) -> StepMeasure:
+    from lorasmith.memory.estimate import config_from_key
+
+    config = config_from_key(key)
     model_key = tuple((name, value) for name, value in key if name in MODEL_FIELDS)
     with _ONE_AT_A_TIME:
         base, network, v_prediction = _prepared(family, configs_json, base_dtype, model_key)
         base.v_prediction = config.v_parameterization or v_prediction
-        return tracked_step(base, network, config, bucket, run=_META_OPS)
+        return tracked_step(base, network, config, bucket, run=_META_OPS, classes=classes)
+
+
+@lru_cache(maxsize=8)
+def _scaled_step(family: str, configs_json: str | None, base_dtype: str, key: tuple):
+    """(the step measured at prime batch and sides, its ScaledPeak), or None where scaling cannot be trusted
+    (no free primes, a size with a higher power, or a profile that misses the measured peak itself)."""
+    primes = scale_primes(architecture_numbers(family, configs_json, key))
+    if primes is None:
+        return None
+    batch, rows, columns = primes
+    classes = SizeClasses(primes)
+    bucket = (MEASURED_SIDE_PX * columns, MEASURED_SIDE_PX * rows)
+    measured = _measured_step(family, configs_json, base_dtype, bucket, (*key, ("train_batch_size", batch)),
+                              classes)
+    profile = classes.profile((batch, MEASURED_SIDE_PX // 8 * rows, MEASURED_SIDE_PX // 8 * columns))
+    if not classes.usable or profile.peak_at(*profile.measured) != measured.peak:
+        return None
+    return measured, profile
 
 
 @lru_cache(maxsize=2)
@@ -126,6 +168,6 @@ def forget_in_memory() -> None:
     from lorasmith.memory import flux
 
     _COUNTED.clear()
-    for cached in (weights, step, encode, _prepared, encode_flux, fp8_part, flux.flux_weights, flux.measured_point,
-                   flux.text_caching_bytes):
+    for cached in (weights, step, encode, _prepared, _scaled_step, encode_flux, fp8_part, flux.flux_weights,
+                   flux.measured_point, flux.text_caching_bytes):
         cached.cache_clear()

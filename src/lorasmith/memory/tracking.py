@@ -55,7 +55,7 @@ def _storage_key(tensor: torch.Tensor) -> int | None:
 class LiveBytes(TorchDispatchMode):
     """Bytes of the storages created under this mode that are still alive (`live`), and their `peak`."""
 
-    def __init__(self, block: int = CUDA_BLOCK_BYTES, run=None) -> None:
+    def __init__(self, block: int = CUDA_BLOCK_BYTES, run=None, classes=None) -> None:
         super().__init__()
         self.block = block
         self._run = run or (lambda func, args, kwargs: func(*args, **kwargs))  # e.g. a MetaOpCache
@@ -63,6 +63,8 @@ class LiveBytes(TorchDispatchMode):
         self.peak = 0
         self._sizes: dict[int, int] = {}  # storage key -> bytes booked
         self._lock = threading.Lock()  # storages may be freed from an autograd worker thread
+        self.classes = classes  # a scaling.SizeClasses: the live bytes also split by how they grow
+        self._class_of: dict[int, tuple[int, int, int]] = {}  # storage key -> (column, raw bytes, rounding)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = self._run(func, args, kwargs or {})
@@ -78,16 +80,24 @@ class LiveBytes(TorchDispatchMode):
         return out
 
     def _add(self, key: int, storage) -> None:
-        size = allocator_bytes(storage.nbytes(), self.block)
+        raw = storage.nbytes()
+        size = allocator_bytes(raw, self.block)
         with self._lock:
             self._sizes[key] = size
             self.live += size
             self.peak = max(self.peak, self.live)
+            if self.classes is not None:
+                booked = (self.classes.column(raw), raw, size - raw)
+                self._class_of[key] = booked
+                self.classes.add(*booked)
         weakref.finalize(storage, self._free, key)
 
     def _free(self, key: int) -> None:
         with self._lock:
             self.live -= self._sizes.pop(key, 0)
+            booked = self._class_of.pop(key, None)
+            if booked is not None:
+                self.classes.remove(*booked)
 
     def reset_peak(self) -> None:
         """Start a new phase: its peak is measured from what is alive now."""
