@@ -151,9 +151,13 @@ class TrainingTab:
     # ---- wiring ---------------------------------------------------------------------------
 
     def _then_plan(self, event) -> None:
-        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden")
+        # always_last: a chained event still running when the next one comes (a cold estimate takes seconds)
+        # runs once more with the newest values; gradio's default ("once") would drop the newer one
+        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden",
+                   trigger_mode="always_last")
         # its own branch: the estimate neither waits for the plan nor is skipped when the plan's queue is busy
-        event.then(_memory, inputs=self.inputs, outputs=[self.memory], show_progress="hidden")
+        event.then(_memory, inputs=self.inputs, outputs=[self.memory], show_progress="hidden",
+                   trigger_mode="always_last")
 
     def _fill(self, handler, inputs: list, event_source) -> None:
         """`handler(...) -> FormAnswer` fills the form and the status line, then the plan and the estimate.
@@ -167,9 +171,11 @@ class TrainingTab:
             return [*_form_outputs(answer), answer.values]
 
         event = event_source(fill, inputs=inputs, outputs=[self.config_status, *self.inputs, filled])
-        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden")
+        event.then(_plan, inputs=self.inputs, outputs=[self.plan, self.saved_form], show_progress="hidden",
+                   trigger_mode="always_last")
         event.then(lambda values, *now: _memory(*(values if values is not None else now)),
-                   inputs=[filled, *self.inputs], outputs=[self.memory], show_progress="hidden")
+                   inputs=[filled, *self.inputs], outputs=[self.memory], show_progress="hidden",
+                   trigger_mode="always_last")
 
     def _wire_config_bar(self) -> None:
         self._fill(training.open_config, [self.config_path], self.open_button.click)
