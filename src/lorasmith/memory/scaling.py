@@ -71,7 +71,8 @@ class SizeClasses:
         self.usable = True
         self._rising = False
 
-    def column(self, nbytes: int) -> int:
+    def powers(self, nbytes: int) -> tuple[int, ...]:
+        """How `nbytes` grows: the power of each prime in it (called outside LiveBytes' lock: it allocates)."""
         powers = []
         for prime in self.primes:
             power = 0
@@ -81,11 +82,15 @@ class SizeClasses:
             powers.append(power)
         if max(powers) > MAX_POWER:
             self.usable = False
-        key = tuple(powers)
-        if key not in self.classes:
-            self.classes[key] = len(self.live)
+        return tuple(powers)
+
+    def column(self, powers: tuple[int, ...]) -> int:
+        """The class's column (a dict lookup, a new column at most: nothing the garbage collector counts)."""
+        found = self.classes.get(powers)
+        if found is None:
+            found = self.classes[powers] = len(self.live)
             self.live.append(0)
-        return self.classes[key]
+        return found
 
     def add(self, column: int, raw: int, slack: int) -> None:
         self.live[column] += raw

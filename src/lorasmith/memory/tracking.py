@@ -62,7 +62,9 @@ class LiveBytes(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._sizes: dict[int, int] = {}  # storage key -> bytes booked
-        self._lock = threading.Lock()  # storages may be freed from an autograd worker thread
+        # storages may be freed from an autograd worker thread, or by a garbage collection that starts while this
+        # thread holds the lock (a finalizer runs at once): reentrant
+        self._lock = threading.RLock()
         self.classes = classes  # a scaling.SizeClasses: the live bytes also split by how they grow
         self._class_of: dict[int, tuple[int, int, int]] = {}  # storage key -> (column, raw bytes, rounding)
 
@@ -82,12 +84,13 @@ class LiveBytes(TorchDispatchMode):
     def _add(self, key: int, storage) -> None:
         raw = storage.nbytes()
         size = allocator_bytes(raw, self.block)
+        powers = self.classes.powers(raw) if self.classes is not None else None
         with self._lock:
             self._sizes[key] = size
             self.live += size
             self.peak = max(self.peak, self.live)
-            if self.classes is not None:
-                booked = (self.classes.column(raw), raw, size - raw)
+            if powers is not None:
+                booked = (self.classes.column(powers), raw, size - raw)
                 self._class_of[key] = booked
                 self.classes.add(*booked)
         weakref.finalize(storage, self._free, key)

@@ -27,12 +27,12 @@ def test_the_primes_divide_no_size_of_the_model_or_settings():
 
 def test_each_allocation_is_classed_by_the_powers_it_carries():
     classes = SizeClasses((23, 29, 31))
-    conv = classes.column(2 * 23 * 320 * (29 * 8) * (31 * 8))  # fp16 B x C x h x w
-    pooled = classes.column(4 * 23 * 1280)  # B x C
-    weight = classes.column(4 * 320 * 8)
-    attention = classes.column(2 * 23 * 10 * (29 * 31 * 64) ** 2)  # a math kernel's scores: tokens squared
-    assert len({conv, pooled, weight, attention}) == 4 and weight == 0 and classes.usable
-    classes.column(29 ** 3 * 4)
+    assert classes.powers(2 * 23 * 320 * (29 * 8) * (31 * 8)) == (1, 1, 1)  # fp16 B x C x h x w
+    assert classes.powers(4 * 23 * 1280) == (1, 0, 0)  # B x C
+    assert classes.powers(2 * 23 * 10 * (29 * 31 * 64) ** 2) == (1, 2, 2)  # a math kernel's scores
+    columns = [classes.column(powers) for powers in ((1, 1, 1), (1, 0, 0), (0, 0, 0), (1, 1, 1))]
+    assert columns == [1, 2, 0, 1] and classes.usable
+    classes.powers(29 ** 3 * 4)
     assert not classes.usable  # a power the scaling does not model: the step is measured instead
 
 

@@ -64,3 +64,33 @@ def test_the_meta_op_cache_changes_nothing_but_speed():
         layer.zero_grad(set_to_none=True)
     assert results[0] == results[1] == results[2]
     assert cache._outputs  # it did remember
+
+
+def test_a_garbage_collection_inside_the_books_frees_without_deadlock():
+    """A finalizer runs as soon as a collection frees a storage, which may be while this thread is booking
+    another one: the books' lock must let the same thread in again."""
+    import gc
+    import threading
+
+    from lorasmith.memory.scaling import SizeClasses
+
+    class CollectingClasses(SizeClasses):
+        def column(self, powers):  # as if a collection started here, inside the booking
+            gc.collect()
+            return super().column(powers)
+
+    def work(done: list) -> None:
+        with LiveBytes(block=1, classes=CollectingClasses((23, 29, 31))) as live:
+            cycle = [torch.ones(100)]
+            cycle.append(cycle)  # only the collector frees it
+            del cycle
+            kept = torch.ones(10)  # booked while the collection frees the cycle's 400 bytes
+            done.append(live.live)
+            del kept
+
+    done: list = []
+    worker = threading.Thread(target=work, args=(done,), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "booking deadlocked on its own lock"
+    assert done == [40]
