@@ -15,7 +15,6 @@ sizes carry no clean factor; Flux's step is cheap by its cut-down models instead
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 PRIMES = (23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71)
@@ -141,4 +140,4 @@ def architecture_numbers(family: str, configs_json: str | None, key: tuple) -> s
 
     parts = ("unet", *text_parts(family))
     configs = [part_config(family, configs_json, part) for part in parts]
-    return numbers_in(configs) | numbers_in(json.loads(json.dumps(key, default=list))) | {77}
+    return numbers_in(configs) | numbers_in(key) | {77}
